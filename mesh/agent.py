@@ -1,0 +1,496 @@
+"""The agent runtime: drives the protocol core over HTTP with trio.
+
+One nursery owns every task of an agent:
+
+* the HTTP server (hypercorn's trio worker), whose ``POST /healthz`` handler
+  feeds verified messages to the core and returns its answers in the response;
+* a fixed pool of sender tasks that take outbound messages from a bounded
+  channel and POST them; like UDP datagrams, a message that finds the channel
+  full is dropped and counted, so a slow peer never stalls the protocol;
+* the timer task, which sleeps until the core's earliest deadline or until an
+  inbound message may have moved it, then ticks the core;
+* the outbox, which delivers alarms to the sinks and the archive.
+
+A stop request (SIGTERM) makes the agent leave gracefully: it tells every active
+member that it left, under a short shielded deadline, and then cancels the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from sinks.config import open_sink
+from sinks.outbox import Outbox
+from storage import open_archive
+from storage.archive import public_key_key
+from storage.destination import ArchiveDestination
+
+from .alarm import Alarm, Severity, SignedAlarm, Status, open_alarm, seal_alarm
+from .config import AgentConfig
+from .delivery import MetricsObserver, SinkDestination
+from .errors import Reason, RejectedMessage
+from .http_api import FRAME_CONTENT_TYPE, create_app
+from .incidents import Decision, Report
+from .keys import Keyring, SigningKey, encode_public_key
+from .membership import State
+from .messages import Ping, decode_message, encode_message
+from .metrics import AgentMetrics
+from .node import Node, NodeEvents
+from .swim import Outbound
+from .wire import ReplayGuard, open_frame, seal
+
+__all__ = ["Agent"]
+
+logger = logging.getLogger(__name__)
+
+# Concurrent outbound requests. A probe period sends a handful of messages, so
+# this covers bursts (gossip, leave, a hand-off) without unbounded tasks.
+SENDER_TASKS = 16
+# Outbound messages waiting for a sender; beyond this they are dropped.
+SEND_QUEUE_SIZE = 1024
+# Deadline of the leave broadcast at shutdown.
+LEAVE_TIMEOUT = 2.0
+
+
+def _message_type(message: Any) -> str:
+    return type(message).__name__.lower()
+
+
+class Agent:
+    """One member of the mesh, serving HTTP and reporting incidents."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        signing_key: SigningKey,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._key = signing_key
+        self._wall_clock = wall_clock
+        self._rng = rng or random.Random()
+        self.keyring = Keyring({**config.trusted_keys, config.name: signing_key.verify_key})
+        self.metrics = AgentMetrics(config.name)
+        self._replay_guard = ReplayGuard(config.profile.replay_window)
+
+        # Created in run(), where trio's clock exists.
+        self.node: Node | None = None
+        self._outbox: Outbox | None = None
+        # Outbox destinations: "archive" and every sink, by name.
+        self._destination_names: list[str] = []
+        # Set by request_stop(); run() then leaves gracefully and returns.
+        self._stop = trio.Event()
+        # Set when an inbound message may have changed the core's deadlines.
+        self._wake = trio.Event()
+        self._send_in, self._send_out = trio.open_memory_channel[Outbound](SEND_QUEUE_SIZE)
+        self._reports_in, self._reports_out = trio.open_memory_channel[Report](256)
+        # Failed rejections logged per reason, to log each reason's first one only.
+        self._logged_reasons: set[Reason] = set()
+
+    # ------------------------------------------------------------------
+    # Clocks
+    # ------------------------------------------------------------------
+
+    def _wall_time_of(self, monotonic: float) -> float:
+        return self._wall_clock() - (trio.current_time() - monotonic)
+
+    # ------------------------------------------------------------------
+    # Lifecycle
+    # ------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask run() to leave the mesh gracefully and return."""
+        self._stop.set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve, probe and report until request_stop(), then leave."""
+        config = self.config
+        profile = config.profile
+        self.node = Node(
+            name=config.name,
+            address=config.advertise,
+            swim_config=profile.swim,
+            handoff_delay=profile.handoff_delay,
+            sign=lambda data: self._key.sign(data).signature,
+            verify=self.keyring.verify,
+            now=trio.current_time(),
+            seeds=config.peers,
+            rng=self._rng,
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        timeout = httpx.Timeout(profile.request_timeout)
+
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+            archive = open_archive(config.archive)
+            destinations = {"archive": ArchiveDestination(archive)}
+            for sink_config in config.sinks:
+                sink = open_sink(sink_config, signing_key=self._key, signer=config.name)
+                destinations[sink.name] = SinkDestination(sink, client)
+            self._destination_names = list(destinations)
+            self._outbox = Outbox(
+                config.data_dir / "outbox",
+                destinations,
+                decode=lambda frame: open_alarm(frame, self.keyring),
+                now=self._wall_clock,
+                observer=MetricsObserver(self.metrics),
+            )
+            await self._publish_public_key(archive)
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._serve_http)
+                await nursery.start(self._outbox.run)
+                for _ in range(SENDER_TASKS):
+                    nursery.start_soon(self._sender, client)
+                nursery.start_soon(self._reporter)
+                self._dispatch(self.node.join(trio.current_time()))
+                nursery.start_soon(self._timer_loop)
+                logger.info(
+                    "agent started member=%s listen=%s advertise=%s seeds=%s profile=%s",
+                    config.name,
+                    config.listen,
+                    config.advertise,
+                    ",".join(config.peers) or "-",
+                    profile.name,
+                )
+                task_status.started()
+
+                await self._stop.wait()
+                await self._leave(client)
+                nursery.cancel_scope.cancel()
+        logger.info("agent stopped member=%s", config.name)
+
+    async def _serve_http(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        hypercorn_config = HypercornConfig()
+        hypercorn_config.bind = [self.config.listen]
+        hypercorn_config.accesslog = None
+        hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
+        hypercorn_config.graceful_timeout = 1.0
+        await serve(create_app(self), hypercorn_config, task_status=task_status)
+
+    async def _publish_public_key(self, archive) -> None:
+        # Readers of the archive find the keys to verify alarms with here, next
+        # to the alarms; the trusted keys of a configuration take precedence.
+        public_key = encode_public_key(self._key.verify_key) + "\n"
+        try:
+            await archive.put(public_key_key(self.name), public_key.encode())
+        except Exception as exc:  # the archive is optional for the mesh to run
+            logger.warning("cannot publish public key to archive: %s", exc)
+
+    async def _leave(self, client: httpx.AsyncClient) -> None:
+        assert self.node is not None
+        outbound = self.node.leave(trio.current_time())
+        logger.info("leaving the mesh member=%s notifying=%d", self.name, len(outbound))
+        with trio.move_on_after(LEAVE_TIMEOUT) as scope:
+            scope.shield = True
+            async with trio.open_nursery() as nursery:
+                for item in outbound:
+                    nursery.start_soon(self._post, client, item)
+        if scope.cancelled_caught:
+            logger.warning("leave notices timed out after %.1fs", LEAVE_TIMEOUT)
+
+    # ------------------------------------------------------------------
+    # Inbound
+    # ------------------------------------------------------------------
+
+    def count_oversized(self) -> None:
+        self.metrics.rejected.labels(Reason.OVERSIZED.value).inc()
+
+    def _reject(self, error: RejectedMessage) -> None:
+        self.metrics.rejected.labels(error.reason.value).inc()
+        # The first rejection of each reason is logged; the counter tells the rest.
+        if error.reason not in self._logged_reasons:
+            self._logged_reasons.add(error.reason)
+            logger.warning(
+                "rejected inbound message reason=%s detail=%s (further ones are "
+                "only counted in alarminati_messages_rejected_total)",
+                error.reason.value,
+                error.detail,
+            )
+        else:
+            logger.debug("rejected inbound message reason=%s detail=%s", error.reason.value, error.detail)
+
+    def _open(self, body: bytes) -> tuple[str, list]:
+        """Verify a frame and decode its messages; raises RejectedMessage."""
+        frame = open_frame(
+            body, self.keyring, now=self._wall_clock(), replay_guard=self._replay_guard
+        )
+        if not isinstance(frame.payload, list):
+            raise RejectedMessage(Reason.MALFORMED, "payload is not a list of messages")
+        try:
+            messages = [decode_message(raw) for raw in frame.payload]
+        except ValueError as exc:
+            raise RejectedMessage(Reason.MALFORMED, str(exc)) from None
+        self.metrics.bytes_received.inc(frame.size)
+        return frame.sender, messages
+
+    def handle_frame(self, body: bytes) -> tuple[int, bytes]:
+        """Handle a POST /healthz body; return the HTTP status and response body."""
+        try:
+            sender, messages = self._open(body)
+        except RejectedMessage as exc:
+            self._reject(exc)
+            status = 401 if exc.reason in (Reason.UNKNOWN_SENDER, Reason.BAD_SIGNATURE) else 400
+            return status, f"rejected: {exc}\n".encode()
+        if sender == self.name:
+            return 400, b"rejected: frame claims to come from this agent\n"
+
+        replies = self._handle_messages(sender, messages)
+        if not replies:
+            return 200, b""
+        return 200, self._seal([o.message for o in replies])
+
+    def _handle_messages(self, sender: str, messages: list) -> list[Outbound]:
+        assert self.node is not None
+        replies = []
+        now = trio.current_time()
+        for message in messages:
+            self.metrics.messages_received.labels(_message_type(message)).inc()
+            out = self.node.handle(sender, message, now)
+            replies += [o for o in out if o.reply]
+            self._dispatch([o for o in out if not o.reply])
+        self._after_core()
+        self._wake.set()
+        return replies
+
+    # ------------------------------------------------------------------
+    # Outbound
+    # ------------------------------------------------------------------
+
+    def _seal(self, messages: list) -> bytes:
+        payload = [encode_message(m) for m in messages]
+        return seal(self._key, self.name, payload, self._wall_clock())
+
+    def _dispatch(self, outbound: list[Outbound]) -> None:
+        for item in outbound:
+            try:
+                self._send_in.send_nowait(item)
+            except trio.WouldBlock:
+                self.metrics.send_failures.labels(_message_type(item.message)).inc()
+                logger.debug("send queue full, dropped %s to %s", _message_type(item.message), item.target)
+
+    async def _sender(self, client: httpx.AsyncClient) -> None:
+        async for item in self._send_out:
+            await self._post(client, item)
+
+    async def _post(self, client: httpx.AsyncClient, item: Outbound) -> None:
+        """POST one message and handle the messages in the response."""
+        kind = _message_type(item.message)
+        body = self._seal([item.message])
+        # A ping is only useful within the probe timeout; any later ack would
+        # arrive after the core has moved on.
+        if isinstance(item.message, Ping):
+            timeout = self.config.profile.swim.probe_timeout
+        else:
+            timeout = self.config.profile.request_timeout
+        url = f"http://{item.address}/healthz"
+        headers = {"content-type": FRAME_CONTENT_TYPE}
+        try:
+            with trio.fail_after(timeout):
+                response = await client.post(url, content=body, headers=headers)
+        except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
+            self.metrics.send_failures.labels(kind).inc()
+            logger.debug("send failed type=%s peer=%s error=%r", kind, item.target, exc)
+            return
+        self.metrics.messages_sent.labels(kind).inc()
+        self.metrics.bytes_sent.inc(len(body))
+        if response.status_code != 200:
+            self.metrics.send_failures.labels(kind).inc()
+            logger.debug(
+                "peer rejected message type=%s peer=%s status=%d body=%r",
+                kind,
+                item.target,
+                response.status_code,
+                response.text[:200],
+            )
+            return
+        if not response.content:
+            return
+        try:
+            sender, messages = self._open(response.content)
+        except RejectedMessage as exc:
+            self._reject(exc)
+            return
+        # Answers in a response come from the member we addressed, or from
+        # whoever a seed turns out to be.
+        if item.target is not None and sender != item.target:
+            self._reject(
+                RejectedMessage(
+                    Reason.BAD_SIGNATURE,
+                    f"answer from {item.address} signed by {sender!r}, expected {item.target!r}",
+                )
+            )
+            return
+        replies = self._handle_messages(sender, messages)
+        # A reply to a reply is not part of the protocol; send it as a message.
+        self._dispatch([Outbound(item.address, sender, r.message) for r in replies])
+
+    # ------------------------------------------------------------------
+    # Timers and events
+    # ------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        assert self.node is not None
+        while True:
+            with trio.move_on_at(self.node.next_deadline()):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            now = trio.current_time()
+            if self.node.next_deadline() <= now:
+                self._dispatch(self.node.tick(now))
+                self._after_core()
+
+    def _after_core(self) -> None:
+        assert self.node is not None
+        self._log_events(self.node.drain_events())
+        for report in self.node.drain_reports():
+            # The report is sealed and queued by a task, not here, because the
+            # outbox writes to disk before the first attempt.
+            try:
+                self._reports_in.send_nowait(report)
+            except trio.WouldBlock:  # pragma: no cover - 256 reports in one tick
+                logger.error("report queue full, dropped incident=%s", report.incident)
+
+    def _log_events(self, events: NodeEvents) -> None:
+        for event in events.members:
+            self.metrics.member_changes.labels(event.new.label).inc()
+            level = logging.INFO
+            if event.new in (State.SUSPECT, State.DEAD):
+                level = logging.WARNING
+            logger.log(
+                level,
+                "member %s member=%s incarnation=%d previous=%s source=%s",
+                event.new.label,
+                event.name,
+                event.incarnation,
+                event.old.label if event.old else "unknown",
+                "local" if event.local else "gossip",
+            )
+        for probe in events.probes:
+            self.metrics.probes.labels(probe.outcome).inc()
+            if probe.rtt is not None:
+                self.metrics.probe_rtt.observe(probe.rtt)
+        for entry in events.incidents:
+            self.metrics.incident_decisions.labels(entry.status, entry.decision.value).inc()
+            if entry.decision is Decision.WAIT_HANDOFF:
+                logger.info(
+                    "waiting for hand-off incident=%s status=%s rank=%d delay=%.1fs",
+                    entry.incident,
+                    entry.status,
+                    entry.rank,
+                    entry.delay,
+                )
+            elif entry.decision is not Decision.REPORT_NOW:
+                logger.info(
+                    "not reporting incident=%s status=%s rank=%d reason=%s",
+                    entry.incident,
+                    entry.status,
+                    entry.rank,
+                    entry.decision.value,
+                )
+        for reporter in events.bad_records:
+            self.metrics.rejected.labels("bad_record_signature").inc()
+            logger.warning("dropped reported record with a bad signature reporter=%s", reporter)
+
+    async def _reporter(self) -> None:
+        async for report in self._reports_out:
+            await self._report(report)
+
+    def _build_alarm(self, report: Report) -> Alarm:
+        firing = report.status == "firing"
+        started_at = self._wall_time_of(report.started)
+        ended_at = None if report.ended is None else self._wall_time_of(report.ended)
+        observers = ", ".join(report.observers) or "no other member"
+        if firing:
+            summary = (
+                f"member {report.subject} stopped answering probes and was declared "
+                f"dead; observed by {observers}"
+            )
+        elif report.left:
+            summary = f"member {report.subject} left the mesh after being declared dead"
+        else:
+            duration = (ended_at or started_at) - started_at
+            summary = f"member {report.subject} is alive again after {duration:.0f}s down"
+        return Alarm(
+            incident=report.incident,
+            status=Status.FIRING if firing else Status.RESOLVED,
+            severity=Severity.CRITICAL,
+            subject=f"member/{report.subject}",
+            cluster=report.subject,
+            reporter=self.name,
+            observers=report.observers,
+            started_at=started_at,
+            sent_at=self._wall_clock(),
+            ended_at=ended_at,
+            summary=summary,
+        )
+
+    async def _report(self, report: Report) -> None:
+        assert self.node is not None and self._outbox is not None
+        signed: SignedAlarm = seal_alarm(self._key, self._build_alarm(report))
+        items = [
+            (f"{report.incident}/{report.status}/{destination}", destination, signed.frame)
+            for destination in self._destination_names
+        ]
+        # Durable before anything is sent, and before the record tells the
+        # other ranks that they need not report. The write and its fsync block
+        # the event loop for a few milliseconds, once per alarm.
+        self._outbox.enqueue_many(items)
+        self.metrics.alarms_reported.labels(report.status).inc()
+        logger.info(
+            "reporting incident=%s status=%s rank=%d destinations=%d",
+            report.incident,
+            report.status,
+            report.rank,
+            len(items),
+        )
+        self._dispatch(self.node.confirm_report(report, signed.alarm.sent_at))
+
+    # ------------------------------------------------------------------
+    # Views
+    # ------------------------------------------------------------------
+
+    def peers_snapshot(self) -> list[dict[str, Any]]:
+        """Return the membership table as /peers shows it."""
+        assert self.node is not None
+        swim = self.node.swim
+        members = []
+        for member in sorted(swim.members.values(), key=lambda m: m.name):
+            members.append(
+                {
+                    "name": member.name,
+                    "address": member.address,
+                    "state": member.state.label,
+                    "incarnation": member.incarnation,
+                    "since": round(self._wall_time_of(member.since), 3),
+                    "self": member.name == self.name,
+                }
+            )
+        return members
+
+    def refresh_gauges(self) -> None:
+        """Update gauges that are read from state rather than counted."""
+        assert self.node is not None
+        counts = {state: 0 for state in State}
+        for member in self.node.swim.members.values():
+            counts[member.state] += 1
+        for state, count in counts.items():
+            self.metrics.members.labels(state.label).set(count)
+        self.metrics.refutations.set(self.node.swim.refutations)
+        self.metrics.incidents_open.set(len(self.node.incidents.open_incidents()))
+        if self._outbox is not None:
+            stats = self._outbox.statistics()
+            self.metrics.outbox_depth.set(sum(stats.pending.values()))
+            self.metrics.outbox_oldest.set(stats.oldest_pending_age)

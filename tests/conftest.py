@@ -1,0 +1,46 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mesh.alarm import Alarm, Severity, SignedAlarm, Status, seal_alarm
+from mesh.keys import SigningKey
+
+# 2024-05-01T11:58:30Z and 90 s later, as Unix seconds.
+SAMPLE_STARTED_AT = 1_714_564_710.0
+SAMPLE_SENT_AT = 1_714_564_800.0
+
+
+@pytest.fixture
+def signing_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def make_signed_alarm(signing_key: SigningKey) -> Callable[..., SignedAlarm]:
+    """Return a function that seals a sample firing alarm with ``signing_key``.
+
+    Keyword arguments replace fields of the sample :class:`Alarm`.
+    """
+
+    def make(**overrides: Any) -> SignedAlarm:
+        fields: dict[str, Any] = {
+            "incident": "member-down/busan@3",
+            "status": Status.FIRING,
+            "severity": Severity.CRITICAL,
+            "subject": "member/busan",
+            "cluster": "busan",
+            "reporter": "seoul",
+            "observers": ("seoul", "tokyo"),
+            "started_at": SAMPLE_STARTED_AT,
+            "sent_at": SAMPLE_SENT_AT,
+            "summary": "busan missed 3 probes in a row",
+        }
+        fields.update(overrides)
+        return seal_alarm(signing_key, Alarm(**fields))
+
+    return make

@@ -185,7 +185,9 @@ def _parse_sinks(raw: Any, environ: Mapping[str, str]) -> tuple[SinkConfig, ...]
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError(f"sinks: invalid value {raw!r}, expected a list of sinks")
+        # Only the type is shown: a misplaced webhook URL is a secret.
+        kind = type(raw).__name__
+        raise ConfigError(f"sinks: invalid value of type {kind}, expected a list of sinks")
     sinks = []
     for index, item in enumerate(raw):
         try:

@@ -2,7 +2,7 @@
 
 Build sinks from the ``sinks`` list of the configuration file with
 :func:`parse_sink_configs` and :func:`open_sink`, then call ``send`` once per
-attempt; retries are the outbox's job.
+attempt. Retries are the outbox's job.
 """
 
 from .base import Sink
@@ -16,7 +16,7 @@ from .config import (
 from .errors import SinkConfigError, SinkError, SinkPermanentError, SinkRetryableError
 from .http import USER_AGENT, classify_response, parse_retry_after
 from .log import LogConfig, LogSink
-from .secret import Secret, resolve_secret
+from .secret import RedactSecrets, Secret, resolve_secret
 from .slack import SlackConfig, SlackSink, render_message
 from .webhook import WebhookConfig, WebhookSink
 
@@ -33,6 +33,7 @@ __all__ = [
     "SinkConfigError",
     "Secret",
     "resolve_secret",
+    "RedactSecrets",
     "USER_AGENT",
     "classify_response",
     "parse_retry_after",

@@ -43,7 +43,7 @@ class Sink(Protocol):
         client: httpx.AsyncClient,
         idempotency_key: str,
     ) -> str:
-        """Deliver one alarm and return a short description of the answer.
+        """Deliver one alarm and return a short description of the response.
 
         The description is for logs, such as ``"200 ok"`` or ``"printed"``.
 
@@ -52,7 +52,7 @@ class Sink(Protocol):
             client: the HTTP client shared by all sinks of the agent.
             idempotency_key: the same for every attempt at this alarm on this
                 sink, so that a receiver can drop the duplicates that retries
-                after a lost answer produce.
+                after a lost response produce.
 
         Raises:
             SinkRetryableError: the attempt failed and a later one may succeed.

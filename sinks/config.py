@@ -55,7 +55,7 @@ def parse_sink_config(index: int, raw: Any, environ: Mapping[str, str]) -> SinkC
         environ: the environment to resolve ``url_env`` in.
 
     Raises:
-        SinkConfigError: the entry is invalid; the message names the key.
+        SinkConfigError: the entry is invalid. The message names the key.
     """
     where = f"sinks[{index}]"
     # The type is shown, never the value: a bare string here is often a

@@ -21,7 +21,7 @@ class SinkError(Exception):
 class SinkRetryableError(SinkError):
     """The receiver could not take the alarm now; a later attempt may succeed.
 
-    Raised for timeouts, connection failures, 408, 429 and 5xx answers.
+    Raised for timeouts, connection failures, and 408, 429 and 5xx responses.
     """
 
     def __init__(
@@ -35,20 +35,20 @@ class SinkRetryableError(SinkError):
         # Delay in seconds that the receiver asked for (HTTP ``Retry-After``),
         # or None when it gave no hint and the outbox picks its own backoff.
         self.retry_after = retry_after
-        # HTTP status of the answer, or None when no answer arrived.
+        # HTTP status of the response, or None when no response arrived.
         self.status = status
 
 
 class SinkPermanentError(SinkError):
     """The receiver rejected the alarm; sending it again unchanged cannot help.
 
-    Raised for 4xx answers other than 408 and 429, redirects, and unexpected
-    success bodies.
+    Raised for 4xx responses other than 408 and 429, for redirects, and for
+    unexpected 2xx bodies.
     """
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
-        # HTTP status of the answer, or None when the failure was not an answer.
+        # HTTP status of the response, or None when the failure was not a response.
         self.status = status
 
 

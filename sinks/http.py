@@ -1,6 +1,6 @@
 """HTTP plumbing shared by the sinks: one POST with a deadline, and one classifier.
 
-Every HTTP sink sends through :func:`post_alarm` and judges the answer with
+Every HTTP sink sends through :func:`post_alarm` and classifies the response with
 :func:`classify_response`, so that all receivers follow the same rules:
 
 * 2xx succeeds.
@@ -34,7 +34,7 @@ from .secret import Secret, mask_secret
 
 __all__ = [
     "USER_AGENT",
-    "HttpAnswer",
+    "Delivery",
     "post_alarm",
     "classify_response",
     "parse_retry_after",
@@ -52,8 +52,8 @@ def _package_version() -> str:
 
 USER_AGENT = f"alarminati/{_package_version()}"
 
-# Bytes of a response body that are read at most. Receivers answer with a word
-# or a short JSON error; the cap keeps a misbehaving one from filling memory.
+# Maximum bytes of a response body that are read. Receivers respond with a word
+# or a short JSON error, and the cap keeps a misbehaving one from filling memory.
 MAX_RESPONSE_BYTES = 64 * 1024
 
 # Characters of the response body quoted in an error message.
@@ -61,11 +61,11 @@ BODY_EXCERPT_CHARS = 200
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class HttpAnswer:
-    """A receiver's 2xx answer."""
+class Delivery:
+    """A receiver's 2xx response to an alarm."""
 
     status: int
-    # Status and reason phrase in lower case, such as "200 ok".
+    # Status and standard reason phrase in lower case, such as "200 ok".
     description: str
     # The first MAX_RESPONSE_BYTES of the response body.
     body: bytes
@@ -80,8 +80,8 @@ async def post_alarm(
     headers: Mapping[str, str],
     timeout: float,
     now: Callable[[], float] = time.time,
-) -> HttpAnswer:
-    """POST ``content`` to ``url`` and classify the answer.
+) -> Delivery:
+    """POST ``content`` to ``url`` and classify the response.
 
     The whole exchange, connecting and reading the body included, runs under a
     deadline of ``timeout`` seconds.
@@ -92,13 +92,13 @@ async def post_alarm(
 
     Returns:
         The status, the description from :func:`classify_response`, and the
-        start of the body of a 2xx answer.
+        start of the body of a 2xx response.
 
     Raises:
         SinkRetryableError: the deadline passed, the connection failed, or the
-            receiver answered 408, 429 or 5xx.
-        SinkPermanentError: the receiver answered any other non-2xx status, or
-            the URL's scheme is not supported.
+            receiver responded with 408, 429 or 5xx.
+        SinkPermanentError: the receiver responded with any other non-2xx
+            status, or the URL is invalid or its scheme is not supported.
     """
     try:
         with trio.fail_after(timeout):
@@ -129,13 +129,14 @@ async def post_alarm(
         ) from None
     except httpx.RequestError as exc:
         # Connection refused or reset, DNS failure, a broken or undecodable
-        # answer: all may pass on a later attempt.
+        # response: all may pass on a later attempt.
+        detail = mask_secret(str(exc), url.reveal())
         raise SinkRetryableError(
-            f"sink {sink!r}: {type(exc).__name__}: {mask_secret(str(exc), url.reveal())}"
+            f"sink {sink!r}: {type(exc).__name__}: {detail}"
         ) from exc
 
     description = classify_response(response, sink=sink, body=body, now=now)
-    return HttpAnswer(response.status_code, description, body)
+    return Delivery(response.status_code, description, body)
 
 
 async def _read_capped(response: httpx.Response) -> bytes:
@@ -156,17 +157,18 @@ def classify_response(
     body: bytes | None = None,
     now: Callable[[], float] = time.time,
 ) -> str:
-    """Return a short description of a 2xx answer, or raise for any other status.
+    """Return a short description of a 2xx response, or raise for any other status.
 
     Args:
-        response: the receiver's answer.
+        response: the receiver's response.
         sink: the sink's name, for messages.
         body: the response body when it was read separately; by default
             ``response.content``.
         now: wall clock in Unix seconds, for an HTTP-date ``Retry-After``.
 
     Returns:
-        The status and reason phrase in lower case, such as ``"200 ok"``.
+        The status and its standard reason phrase in lower case, such as
+        ``"200 ok"``.
 
     Raises:
         SinkRetryableError: 408, 429 or 5xx; ``retry_after`` is set from the
@@ -174,7 +176,9 @@ def classify_response(
         SinkPermanentError: any other non-2xx status.
     """
     status = response.status_code
-    reason = (response.reason_phrase or "").lower()
+    # The standard phrase, not the server's: HTTP/2 and some HTTP/1.1 servers
+    # (hypercorn among them) send none.
+    reason = httpx.codes.get_reason_phrase(status).lower()
     described = f"{status} {reason}".rstrip()
     if 200 <= status < 300:
         return described

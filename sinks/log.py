@@ -27,7 +27,7 @@ __all__ = ["LogConfig", "LogSink", "format_line"]
 class LogConfig:
     """Print alarms to standard output."""
 
-    # Sink name, unique within the agent; appears in logs and errors.
+    # Sink name, unique within the agent and used in logs and errors.
     name: str
 
     def __post_init__(self) -> None:

@@ -37,6 +37,8 @@ trio's MockClock jump past deadlines while the I/O runs.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -78,6 +80,9 @@ DAYS = 24 * HOURS
 # How often a running outbox removes expired delivered markers.
 PRUNE_INTERVAL = 1 * HOURS
 
+# Maximum threads that fsync the entry files of one enqueue_many call.
+FSYNC_THREADS = 8
+
 _PENDING_NAME = re.compile(r"(\d{20})-([0-9a-f]{32})\.entry")
 _ENTRY_FIELDS = ("key", "destination", "frame", "created_at", "attempts", "last_error")
 
@@ -89,7 +94,7 @@ class Destination(Protocol):
     name: str
 
     async def deliver(self, signed: SignedAlarm, idempotency_key: str) -> str:
-        """Make one delivery attempt and return a short description of the answer.
+        """Make one delivery attempt and return a short description of the response.
 
         Args:
             signed: the alarm and the signed frame it was sealed into.
@@ -113,14 +118,15 @@ class RetryPolicy:
     # Upper bound of the first retry delay, in seconds. Lower retries a brief
     # outage sooner; higher sends less traffic to a receiver that is struggling.
     initial_delay: float = 1 * SECONDS
-    # Upper bound of any retry delay, in seconds, unless the receiver asks for a
+    # Upper bound of any retry delay, in seconds, unless the receiver requests a
     # longer one. Higher spares a receiver that is down; lower notices recovery
     # sooner.
     max_delay: float = 5 * MINUTES
     # Factor by which the delay bound grows after each failure of an entry.
     multiplier: float = 2.0
     # Age in seconds after which an undelivered entry becomes a dead letter. An
-    # alarm a day late is news to nobody, and the entries queued behind it wait.
+    # alarm a day late rarely helps anyone, and the entries behind it wait. An
+    # entry whose next retry would come after this age is dead-lettered at once.
     max_age: float = 24 * HOURS
     # Deadline of one attempt, in seconds. A receiver that hangs longer fails the
     # attempt, which is then retried.
@@ -173,7 +179,11 @@ class OutboxObserver:
 
 
 class DeadLetterReason(enum.Enum):
-    """Why an entry became a dead letter; the value is the metrics label."""
+    """Reason an entry became a dead letter. The value is the metrics label.
+
+    Values are stored in dead letter files and dashboards select on them, so
+    new values are only ever added and existing ones never renamed.
+    """
 
     PERMANENT_ERROR = "permanent_error"
     EXPIRED = "expired"
@@ -249,6 +259,7 @@ class _DestinationQueue:
     """The pending entries of one destination and the state of its task."""
 
     def __init__(self, name: str, destination: Destination) -> None:
+        # Destination name, as given to enqueue, and the receiver.
         self.name = name
         self.destination = destination
         # Entries in enqueue order. The head is the one being attempted, and only
@@ -290,13 +301,44 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_files(paths: list[Path]) -> None:
+    """Fsync the files, several at once when there are several.
+
+    Concurrent fsyncs let the file system commit several files in one journal
+    transaction. With them, tests/bench_outbox.py measured enqueue_many of 100
+    entries at about 1.4 times the rate of single enqueues, on ext4 on a 2-core
+    VM; with one fsync after another it was barely faster than single enqueues.
+    """
+    if len(paths) == 1:
+        _fsync_file(paths[0])
+        return
+    workers = min(FSYNC_THREADS, len(paths))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        # list() waits for every fsync and raises the first error.
+        list(pool.map(_fsync_file, paths))
+
+
+def _temporary_path(path: Path) -> Path:
+    # The leading dot keeps the name apart from entry names, so that loading
+    # can recognise and remove temporary files that a crash left behind.
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
 def _write_synced(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it.
 
     The rename is atomic, so readers see the old content or the new, never part.
     The caller fsyncs the folder when the new name itself must survive a crash.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = _temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -320,7 +362,7 @@ def _parse_entry(seq: int, raw: bytes) -> _Entry:
     except (ValueError, TypeError) as exc:
         # msgpack raises ValueError subclasses, and TypeError for a map key
         # that Python cannot hash.
-        raise ValueError(f"entry is not msgpack: {exc}") from None
+        raise ValueError(f"entry is not msgpack: {_describe(exc)}") from None
     if not isinstance(record, dict):
         raise ValueError(f"entry is a {type(record).__name__}, expected a map")
     missing = [field for field in _ENTRY_FIELDS if field not in record]
@@ -384,11 +426,14 @@ class Outbox:
         self._pending_dir = directory / "pending"
         self._delivered_dir = directory / "delivered"
         self._dead_dir = directory / "dead"
+        # Frame to alarm, called once per entry and run before its first attempt.
         self._decode = decode
         self._policy = policy
         # Wall clock, Unix seconds; trio's clock drives the retry delays.
         self._now = now
+        # Source of the retry jitter.
         self._rng = rng if rng is not None else random.Random()
+        # Metrics hooks, called from the destination tasks.
         self._observer = observer if observer is not None else OutboxObserver()
         # Seconds for which delivered markers are kept.
         self._delivered_retention = delivered_retention
@@ -442,7 +487,7 @@ class Outbox:
         for name in sorted(os.listdir(self._pending_dir)):
             path = self._pending_dir / name
             if name.startswith("."):
-                # enqueue had not returned, so nobody relies on this entry.
+                # The enqueue that wrote it had not returned, so no caller relies on it.
                 path.unlink(missing_ok=True)
                 continue
             match = _PENDING_NAME.fullmatch(name)
@@ -466,6 +511,8 @@ class Outbox:
             path.unlink(missing_ok=True)
             return
         if entry_id in self._pending_ids:
+            # enqueue never writes two files for one id, so this is a copy;
+            # the first file, in sequence order, is kept.
             path.unlink(missing_ok=True)
             return
         queue = self._queues.get(entry.destination)
@@ -555,18 +602,25 @@ class Outbox:
         )
 
     def _write_entries(self, entries: list[_Entry]) -> None:
-        written: list[Path] = []
+        paths = [self._pending_dir / entry.file_name for entry in entries]
+        tmps = [_temporary_path(path) for path in paths]
+        renamed: list[Path] = []
         try:
-            for entry in entries:
-                path = self._pending_dir / entry.file_name
-                _write_synced(path, msgpack.packb(entry.to_record(), use_bin_type=True))
-                written.append(path)
+            # All files are written before any is fsynced, so that the fsyncs
+            # can run at the same time.
+            for entry, tmp in zip(entries, tmps):
+                tmp.write_bytes(msgpack.packb(entry.to_record(), use_bin_type=True))
+            _fsync_files(tmps)
+            for tmp, path in zip(tmps, paths):
+                os.replace(tmp, path)
+                renamed.append(path)
             _fsync_folder(self._pending_dir)
         except BaseException:
             # The caller learns that nothing was queued, so no file may stay
             # behind to be delivered after a restart.
-            for path in written:
-                path.unlink(missing_ok=True)
+            for path in tmps + renamed:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             raise
 
     # ------------------------------------------------------------------ delivery
@@ -604,7 +658,7 @@ class Outbox:
             await self._deliver(queue, entry)
             queue.entries.popleft()
             self._pending_ids.discard(entry.id)
-            # A receiver that answers without a checkpoint must not starve the
+            # A receiver that responds without a checkpoint must not starve the
             # other destinations while a long queue drains.
             await trio.lowlevel.checkpoint()
 
@@ -631,7 +685,7 @@ class Outbox:
             retry_after = None
             try:
                 with trio.fail_after(policy.attempt_timeout):
-                    answer = await queue.destination.deliver(signed, entry.key)
+                    response = await queue.destination.deliver(signed, entry.key)
             except SinkPermanentError as exc:
                 reason = DeadLetterReason.PERMANENT_ERROR
                 self._dead_letter(entry, reason, _describe(exc))
@@ -645,7 +699,7 @@ class Outbox:
                 # Any other failure of a receiver may be transient.
                 error = _describe(exc)
             else:
-                self._mark_delivered(queue, entry, answer)
+                self._mark_delivered(queue, entry, response)
                 return
 
             # Choose the delay, and give up if the retry would come too late.
@@ -706,7 +760,7 @@ class Outbox:
         self._dead_letter(entry, DeadLetterReason.EXPIRED, detail)
 
     def _mark_delivered(
-        self, queue: _DestinationQueue, entry: _Entry, answer: str
+        self, queue: _DestinationQueue, entry: _Entry, response: str
     ) -> None:
         delivered_at = self._now()
         entry_id = entry.id
@@ -740,7 +794,7 @@ class Outbox:
         logger.log(
             level,
             "delivered: %s sink=%s key=%s attempt=%d",
-            answer,
+            response,
             queue.name,
             entry.key,
             entry.attempts,

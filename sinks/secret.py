@@ -37,8 +37,8 @@ class Secret:
 
     def __init__(self, value: str, *, source: str = "") -> None:
         self._value = value
-        # Config key the value was read from, such as ``sinks[1].url_env``; it
-        # is not secret and lets later checks name the key in their messages.
+        # Config key the value was read from, such as ``sinks[1].url_env``. It
+        # is not secret, and later checks use it to name the key in messages.
         self.source = source
 
     def reveal(self) -> str:
@@ -73,7 +73,7 @@ def resolve_secret(
         raw: the sink's config mapping.
         field: the secret's base key, for example ``url``.
         where: the mapping's position in the config file, for example
-            ``sinks[1]``; error messages start with it.
+            ``sinks[1]``. Error messages start with it.
         environ: the environment to resolve ``<field>_env`` in.
 
     Raises:
@@ -141,7 +141,7 @@ def _secret_fragments(value: str) -> list[str]:
     parts = urllib.parse.urlsplit(value) if "://" in value else None
     if parts is not None and parts.netloc:
         # The path or the query can be the credential itself, as in Slack's
-        # "/services/T…/B…/…"; a bare "/" is not worth masking.
+        # "/services/T…/B…/…". A bare "/" is not worth masking.
         if len(parts.path) > 1:
             fragments.add(parts.path)
             # httpx writes URLs percent-encoded; the path is what differs.
@@ -157,10 +157,14 @@ def _secret_fragments(value: str) -> list[str]:
 def mask_secret(text: str, value: str) -> str:
     """Replace every copy of ``value`` in ``text`` with a mask.
 
-    When ``value`` is a URL, its path and its query are masked on their own as
-    well, because either can carry the credential.
+    When ``value`` is a URL, its path, its query and their long segments are
+    masked on their own as well, because any of them can carry the credential.
     """
-    for fragment in _secret_fragments(value):
+    return _mask_fragments(text, _secret_fragments(value))
+
+
+def _mask_fragments(text: str, fragments: Iterable[str]) -> str:
+    for fragment in fragments:
         text = text.replace(fragment, MASK)
     return text
 
@@ -168,13 +172,20 @@ def mask_secret(text: str, value: str) -> str:
 class RedactSecrets(logging.Filter):
     """A logging filter that masks secret values in messages and tracebacks.
 
-    Attach it to each handler, not to a logger: a logger's filters do not see
-    records from its child loggers, such as "httpx".
+    Attach it to each handler, not to a logger, because a logger's filters
+    skip the records that propagate to it from other loggers such as "httpx".
     """
 
     def __init__(self, secrets: Iterable[Secret]) -> None:
         super().__init__()
-        self._values = [secret.reveal() for secret in secrets if secret.reveal()]
+        fragments = {
+            fragment
+            for secret in secrets
+            if secret.reveal()
+            for fragment in _secret_fragments(secret.reveal())
+        }
+        # Longest first, so that a path is masked before a segment inside it.
+        self._fragments = sorted(fragments, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -183,13 +194,11 @@ class RedactSecrets(logging.Filter):
             record.msg = masked
             record.args = None
         if record.exc_info and not record.exc_text:
-            # Formatted here, so that the handler's formatter reuses the masked text.
+            # Formatted here so that the handler's formatter reuses the masked text.
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self._mask(record.exc_text)
         return True
 
     def _mask(self, text: str) -> str:
-        for value in self._values:
-            text = mask_secret(text, value)
-        return text
+        return _mask_fragments(text, self._fragments)

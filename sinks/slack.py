@@ -4,9 +4,9 @@ The message is Block Kit (a header, the summary, and a section of fields) with
 a plain ``text`` fallback for notifications. User-supplied strings are escaped
 for mrkdwn and cut to Slack's documented limits; a cut is logged as a warning.
 
-Slack incoming webhooks answer HTTP 200 with the body ``ok`` on success. They
-take no idempotency key, so a retry after a lost answer can post the message
-twice.
+Slack incoming webhooks respond with HTTP 200 and the body ``ok`` on success.
+They take no idempotency key, so a retry after a lost response can post the
+message twice.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Slack's documented limits. Slack says "characters" without defining them;
-# they are counted here as Python str characters (Unicode code points).
+# Slack's documented limits. Slack's documentation counts "characters" without
+# defining them, so they are counted here as Unicode code points (Python str).
 #
 # Top-level "text": Slack truncates longer text and may split it into several
 # messages (https://api.slack.com/changelog/2018-04-truncating-really-long-messages).
@@ -61,10 +61,10 @@ MAX_FIELD_CHARS = 2000
 # Header block text (https://docs.slack.dev/reference/block-kit/blocks/header-block).
 MAX_HEADER_CHARS = 150
 
-# NOTE: Slack has rejected messages with about 13,200 characters across all
-# blocks with msg_blocks_too_long, below every documented limit
-# (https://github.com/slackapi/bolt-js/issues/2509). A summary and fields near
-# their own limits could reach that; nothing here guards against it.
+# NOTE: Slack users report msg_blocks_too_long errors for messages with about
+# 13,200 characters across all blocks, below every documented limit. A summary
+# and fields near their own limits could reach that, and nothing here guards
+# against it.
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -82,13 +82,13 @@ FIRING_EMOJI = {
 class SlackConfig:
     """A Slack incoming webhook to post alarms to."""
 
-    # Sink name, unique within the agent; appears in logs and errors.
+    # Sink name, unique within the agent and used in logs and errors.
     name: str
-    # Incoming webhook URL, https://hooks.slack.com/services/T…/B…/…; the URL
+    # Incoming webhook URL, https://hooks.slack.com/services/T…/B…/…. The URL
     # is the credential, so it is kept secret.
     url: Secret
-    # Deadline in seconds for one attempt. Slack usually answers within a
-    # second; a longer deadline only holds up the sink's queue.
+    # Deadline in seconds for one attempt. A longer deadline waits out a slow
+    # response but holds up the sink's queue.
     timeout: float = DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
@@ -101,7 +101,7 @@ class SlackMessage:
 
     # The JSON body for the incoming webhook: "text" and "blocks".
     payload: dict[str, Any]
-    # Names of the cut parts, such as "header" or "field 'observers'"; empty
+    # Names of the cut parts, such as "header" or "field 'observers'". Empty
     # when nothing was cut.
     truncated: tuple[str, ...]
 
@@ -182,7 +182,7 @@ def _cluster_start(text: str, index: int) -> int:
 
 def _entity_start(text: str, index: int) -> int:
     """Move ``index`` back to the ``&`` of an entity that it would split."""
-    # The longest entity that escape_mrkdwn writes, "&amp;", has 5 characters.
+    # "&amp;", 5 characters, is the longest entity that escape_mrkdwn writes.
     ampersand = text.rfind("&", max(0, index - 4), index)
     if ampersand != -1 and ";" not in text[ampersand:index]:
         return ampersand
@@ -204,8 +204,10 @@ def render_message(alarm: Alarm) -> SlackMessage:
     else:
         emoji, title = FIRING_EMOJI[alarm.severity], f"FIRING ({alarm.severity.value})"
 
-    # Header text is plain_text, which Slack shows literally, so it is not
-    # escaped; emoji codes still render there.
+    # Header text is plain_text, which Slack does not parse as mrkdwn, so it is
+    # not escaped. Emoji codes still render there because of "emoji": True.
+    # NOTE: Slack's documentation does not say whether plain_text decodes
+    # &amp; entities; if it does, a literal "&amp;" in a subject shows as "&".
     header = f"{emoji} {title}: {alarm.subject}"
     header = fit("header", header, MAX_HEADER_CHARS, escaped=False)
     summary = escape_mrkdwn(alarm.summary) if alarm.summary else "_no summary_"
@@ -273,7 +275,8 @@ class SlackSink:
         message = render_message(alarm)
         if message.truncated:
             logger.warning(
-                "slack message cut to fit slack limits: %s sink=%s incident=%s",
+                "slack message truncated to fit documented limits: %s "
+                "sink=%s incident=%s",
                 ", ".join(message.truncated),
                 self.name,
                 alarm.incident,
@@ -285,7 +288,7 @@ class SlackSink:
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": USER_AGENT,
         }
-        answer = await post_alarm(
+        delivery = await post_alarm(
             client,
             self.config.url,
             sink=self.name,
@@ -294,12 +297,13 @@ class SlackSink:
             timeout=self.config.timeout,
             now=self._now,
         )
-        # A 2xx other than "ok" is not Slack's answer: a proxy or a wrong URL.
-        if answer.body.strip() != b"ok":
-            excerpt = body_excerpt(answer.body, self.config.url.reveal())
+        # A 2xx body other than "ok" does not come from Slack but from a proxy,
+        # or from a URL that is not a Slack webhook.
+        if delivery.body.strip() != b"ok":
+            excerpt = body_excerpt(delivery.body, self.config.url.reveal())
             raise SinkPermanentError(
-                f"sink {self.name!r}: receiver returned {answer.description} "
+                f"sink {self.name!r}: receiver returned {delivery.description} "
                 f"with body {excerpt!r}, expected 'ok'",
-                status=answer.status,
+                status=delivery.status,
             )
-        return answer.description
+        return delivery.description

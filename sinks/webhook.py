@@ -49,15 +49,15 @@ DEFAULT_TIMEOUT = 10.0
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class WebhookConfig:
-    """Where and how to POST alarms as signed JSON."""
+    """Configuration of a webhook sink, which POSTs alarms as signed JSON."""
 
-    # Sink name, unique within the agent; appears in logs and errors.
+    # Sink name, unique within the agent and used in logs and errors.
     name: str
     # Receiver URL, http or https. Secret because it may embed a token.
     url: Secret
-    # Deadline in seconds for one attempt, connecting and reading the answer
-    # included. Longer waits out a slow receiver but holds up the sink's queue;
-    # the outbox retries after a timeout either way.
+    # Deadline in seconds for one attempt, connecting and reading the response
+    # included. Longer waits out a slow receiver but holds up the sink's queue,
+    # and the outbox retries after a timeout either way.
     timeout: float = DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
@@ -86,7 +86,7 @@ class WebhookSink:
         self.config = config
         self.name = config.name
         self._signing_key = signing_key
-        # Member name of this agent; with the key id it lets a receiver pick
+        # Member name of this agent. With the key id, it lets a receiver pick
         # the public key to verify against.
         self._signer = signer
         self._key_id = key_id(signing_key.verify_key)
@@ -117,7 +117,7 @@ class WebhookSink:
             "Idempotency-Key": idempotency_key,
             "User-Agent": USER_AGENT,
         }
-        answer = await post_alarm(
+        delivery = await post_alarm(
             client,
             self.config.url,
             sink=self.name,
@@ -126,4 +126,4 @@ class WebhookSink:
             timeout=self.config.timeout,
             now=self._now,
         )
-        return answer.description
+        return delivery.description

@@ -47,9 +47,9 @@ KEYS_PREFIX = "keys/"
 
 HOUR = 3600
 
-# Longest name kept as it is in a key; longer ones are cut and get a hash. Keys
-# of S3 are limited to 1024 bytes, and a key has two such names plus one
-# incident.
+# Maximum length of a name kept as it is in a key. Longer names are cut and get
+# a hash. S3 limits keys to 1024 bytes, and a key contains three names: the
+# cluster, the reporter and the incident.
 MAX_SLUG_LENGTH = 64
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9.-]+")

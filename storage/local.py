@@ -5,8 +5,8 @@ to a temporary file in the target folder that is fsynced and then renamed over t
 target, and the folder is fsynced after, so a crash leaves the old object or the
 new one, never part of one. Temporary names start with a dot, which keys may not.
 
-File I/O runs in a worker thread through ``trio.to_thread.run_sync``, so a slow
-disk never blocks the agent's trio loop.
+Every method runs its file I/O in a worker thread through
+``trio.to_thread.run_sync``, so that a slow disk does not block the trio loop.
 """
 
 from __future__ import annotations

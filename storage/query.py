@@ -84,7 +84,7 @@ class ArchivedAlarm:
     # True when the signature matches a trusted key and the object is stored
     # under the key that its alarm belongs under.
     verified: bool
-    # Why a check failed, or None when verified.
+    # Reason a check failed, or None when verified.
     error: str | None
 
     @property
@@ -135,7 +135,7 @@ class _Filter:
             assert result.alarm is not None
             return self.matches_alarm(result.alarm)
         # A failed record's fields may be forged to hide it, so its key can
-        # also make it match. The key says nothing of the subject.
+        # also make it match. The key does not contain the subject.
         if result.alarm is not None and self.matches_alarm(result.alarm):
             return True
         return self.matches_key(result.key)

@@ -50,10 +50,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Seconds that in-flight requests get to finish once shutdown begins. The mocks
-# answer at once, so this only matters when a test leaves a request hanging.
+# respond at once, so this only matters when a test leaves a request hanging.
 GRACEFUL_TIMEOUT = 1.0
 
-# Largest request body read; a larger one is answered 413.
+# Maximum request body size in bytes. A larger body gets a 413 response.
 MAX_BODY_BYTES = 1024 * 1024
 
 Headers = list[tuple[bytes, bytes]]
@@ -61,16 +61,16 @@ Headers = list[tuple[bytes, bytes]]
 
 @dataclasses.dataclass(slots=True)
 class ReceivedRequest:
-    """One HTTP request as a receiver saw it, and the status it answered."""
+    """One HTTP request as a receiver saw it, and the status of its response."""
 
     method: str
     path: str
-    # Lower-case names; repeated headers are joined with ", " as RFC 9110 allows.
+    # Lower-case names. Repeated headers are joined with ", " as RFC 9110 allows.
     headers: dict[str, str]
     body: bytes
     # Parsed body, or None when it is not JSON.
     json: Any
-    # Status the receiver answered with; None until the answer is chosen.
+    # Status of the receiver's response, or None until the response is chosen.
     status: int | None = None
 
 
@@ -82,7 +82,7 @@ class _Scripted:
 
 
 class _Receiver:
-    """An ASGI app that records requests and lets subclasses choose the answers."""
+    """An ASGI app that records requests and lets subclasses choose the responses."""
 
     def __init__(self) -> None:
         self.requests: list[ReceivedRequest] = []
@@ -98,14 +98,14 @@ class _Receiver:
         body: bytes | str = b"",
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """Answer the next ``count`` requests with ``status``, whatever they contain."""
+        """Respond to the next ``count`` requests with ``status``, whatever they are."""
         if isinstance(body, str):
             body = body.encode("utf-8")
         for _ in range(count):
             self._scripted.append(_Scripted(status, body, tuple(headers)))
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Wait until ``condition()`` is true; it is checked after every request.
+        """Wait until ``condition()`` is true, checking it after every request.
 
         The caller sets the deadline, for example with ``trio.fail_after``.
         """
@@ -124,7 +124,10 @@ class _Receiver:
         if not self._scripted:
             return None
         scripted = self._scripted.popleft()
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scripted.headers]
+        headers = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in scripted.headers
+        ]
         return scripted.status, headers, scripted.body
 
     async def __call__(
@@ -206,9 +209,9 @@ async def _respond(
 
 
 class WebhookReceiver(_Receiver):
-    """A generic webhook endpoint: records every request and answers 200 ``ok``.
+    """A generic webhook endpoint that records every request and responds 200 ``ok``.
 
-    Use :meth:`respond_next` to make it answer differently, and
+    Use :meth:`respond_next` to make it respond differently, and
     :meth:`verify_signature` to check a request's Ed25519 signature.
     """
 
@@ -224,9 +227,9 @@ class WebhookReceiver(_Receiver):
     def verify_signature(request: ReceivedRequest, keys: Iterable[VerifyKey]) -> bool:
         """Return whether the request's signature headers verify its raw body.
 
-        The key is chosen among ``keys`` by ``X-Alarminati-Key-Id``; a request
-        without the headers, with an unknown key id or with a malformed or
-        wrong signature does not verify.
+        The key is chosen among ``keys`` by ``X-Alarminati-Key-Id``. A request
+        does not verify if it lacks the headers, names an unknown key id, or
+        carries a malformed or wrong signature.
         """
         key_ids = {key_id(key): key for key in keys}
         key = key_ids.get(request.headers.get("x-alarminati-key-id", ""))
@@ -256,20 +259,20 @@ SLACK_BLOCK_ID_CHARS = 255
 class SlackWebhookReceiver(_Receiver):
     """A Slack incoming webhook as Slack documents it.
 
-    * The URL path is the secret: any other path is answered 404 ``no_service``,
-      as for a revoked webhook.
+    * The URL path is the secret. Any other path gets 404 ``no_service``, as a
+      revoked webhook does.
     * A POST with a JSON object that has ``text`` or ``blocks`` within the
-      documented limits is answered 200 ``ok`` and kept in :attr:`messages`.
-      Anything else is answered 400 ``invalid_payload``, and the reason is kept
-      in :attr:`rejections`. Slack itself cuts ``text`` longer than 40,000
+      documented limits gets 200 ``ok`` and is kept in :attr:`messages`.
+      Anything else gets 400 ``invalid_payload``, and the reason is kept in
+      :attr:`rejections`. Slack itself cuts ``text`` longer than 40,000
       characters instead of rejecting it; this mock rejects it, so that tests
       notice.
     * Slack allows about one message per second with short bursts. This mock
       allows ``burst`` requests at once, refilled at ``rate`` per second, and
-      answers 429 with a ``Retry-After`` header in whole seconds beyond that.
+      responds 429 with a ``Retry-After`` header in whole seconds beyond that.
 
-    Slack's documentation gives no status for a method other than POST or a
-    body for a 429; this mock answers 405 and ``rate_limited``.
+    Slack's documentation gives no status for a method other than POST and no
+    body for a 429, so this mock responds 405 and ``rate_limited``.
     """
 
     def __init__(
@@ -281,14 +284,14 @@ class SlackWebhookReceiver(_Receiver):
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         super().__init__()
-        # Path of the webhook URL; by default random, like Slack's.
+        # Path of the webhook URL, random by default like Slack's.
         self.path = path or (
             f"/services/T{secrets.token_hex(4).upper()}/B{secrets.token_hex(4).upper()}"
             f"/{secrets.token_urlsafe(18)}"
         )
-        # Payloads answered 200 ok, in arrival order.
+        # Accepted payloads, in arrival order.
         self.messages: list[dict[str, Any]] = []
-        # Why each 400 was answered, in arrival order.
+        # Reason for each 400 response, in arrival order.
         self.rejections: list[str] = []
         # Messages per second allowed after the burst, and the burst size.
         self.rate = rate
@@ -325,7 +328,7 @@ class SlackWebhookReceiver(_Receiver):
         return self.messages
 
     def _take_token(self) -> float:
-        """Spend one request token; return 0, or the seconds until one is available."""
+        """Spend a request token; return 0, or the seconds until a token is free."""
         now = self._clock()
         if self._refilled_at is not None:
             elapsed = max(0.0, now - self._refilled_at)
@@ -441,15 +444,16 @@ async def run_receiver(
     config.accesslog = None
     config.errorlog = logger
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger)
+        serve = partial(
+            hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger
         )
+        binds = await nursery.start(serve)
         task_status.started(binds[0])
 
 
 @contextlib.asynccontextmanager
 async def serve_receiver(app: Any) -> AsyncIterator[str]:
-    """Serve ``app`` on loopback for the duration of the block; yield the base URL."""
+    """Serve ``app`` on loopback for the duration of the block; yield its base URL."""
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         base_url = await nursery.start(

@@ -1,0 +1,100 @@
+"""Benchmark of durable enqueue throughput in the outbox, single and batched.
+
+Run it directly; pytest does not collect it::
+
+    python tests/bench_outbox.py [--alarms 2000] [--batch 100] [--runs 5] [--dir PATH]
+
+Each run enqueues the same signed alarms into a fresh outbox folder, and the
+script prints the median over the runs in alarms per second. Every enqueue fsyncs
+each entry file, and each call fsyncs the pending folder once, so the numbers
+depend mostly on the disk and file system under ``--dir``. Report them with the
+machine and file system they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from mesh.alarm import Alarm, Severity, SignedAlarm, Status, open_alarm, seal_alarm
+from mesh.keys import Keyring, SigningKey
+from sinks.outbox import Outbox
+
+
+class NullDestination:
+    name = "chat"
+
+    async def deliver(self, signed: SignedAlarm, idempotency_key: str) -> str:
+        return "ok"
+
+
+def make_frames(count: int) -> tuple[Keyring, list[bytes]]:
+    key = SigningKey.generate()
+    frames = []
+    for number in range(count):
+        alarm = Alarm(
+            incident=f"check-failed/api@{number}",
+            status=Status.FIRING,
+            severity=Severity.CRITICAL,
+            subject="check/api",
+            cluster="busan",
+            reporter="seoul",
+            observers=("seoul", "tokyo", "busan"),
+            started_at=1_796_400_000.0 + number,
+            sent_at=1_796_400_000.0 + number,
+            summary="GET https://api.example.com/healthz returned 503 three times",
+        )
+        frames.append(seal_alarm(key, alarm).frame)
+    return Keyring({"seoul": key.verify_key}), frames
+
+
+def measure(parent: Path, keyring: Keyring, frames: list[bytes], batch: int) -> float:
+    """Enqueue every frame into a new outbox and return alarms per second."""
+    folder = Path(tempfile.mkdtemp(prefix="outbox-", dir=parent))
+    try:
+        outbox = Outbox(
+            folder,
+            {"chat": NullDestination()},
+            decode=lambda frame: open_alarm(frame, keyring),
+        )
+        items = [(f"key-{n}", "chat", frame) for n, frame in enumerate(frames)]
+        start = time.perf_counter()
+        if batch <= 1:
+            for key, destination, frame in items:
+                outbox.enqueue(key, destination, frame)
+        else:
+            for offset in range(0, len(items), batch):
+                outbox.enqueue_many(items[offset : offset + batch])
+        elapsed = time.perf_counter() - start
+        assert outbox.statistics().pending["chat"] == len(frames)
+        return len(frames) / elapsed
+    finally:
+        shutil.rmtree(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alarms", type=int, default=2000, help="alarms per run")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="alarms per enqueue_many call"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="runs per mode")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="parent folder of the outboxes"
+    )
+    args = parser.parse_args()
+
+    parent = args.dir or Path(tempfile.gettempdir())
+    keyring, frames = make_frames(args.alarms)
+    print(f"{args.alarms} alarms per run, {args.runs} runs, outboxes under {parent}")
+    for label, batch in (("enqueue", 1), (f"enqueue_many({args.batch})", args.batch)):
+        rates = [measure(parent, keyring, frames, batch) for _ in range(args.runs)]
+        print(f"{label:>20}: median {statistics.median(rates):9.0f} alarms/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,8 +11,12 @@ default:
 demo:
     {{python}} -m mesh.cli demo
 
+# Install the system packages the tests need (when missing).
+test-deps:
+    sh scripts/install-test-deps
+
 # Run the whole test suite (unit, property and real-process tests).
-test *args:
+test *args: test-deps
     {{python}} -m pytest {{args}}
 
 # Run only the quick tests, without real processes.

@@ -34,8 +34,12 @@ def free_port() -> int:
 class AgentProcesses:
     """A mesh of agent processes; stops every process it started."""
 
-    def __init__(self, root: Path, names: list[str], *, sinks: list[dict]) -> None:
+    def __init__(
+        self, root: Path, names: list[str], *, sinks: list[dict], env: dict | None = None
+    ) -> None:
         self.root = root
+        # Extra environment of the agent processes, e.g. receiver secrets.
+        self.env = env or {}
         self.names = names
         self.sinks = sinks
         self.addresses = {name: f"127.0.0.1:{free_port()}" for name in names}
@@ -73,7 +77,7 @@ class AgentProcesses:
         log = open(self.root / f"{name}.log", "ab")
         command = [sys.executable, "-m", "mesh.cli", "--log-level", "debug", "agent"]
         command += ["--config", str(self.config_path(name))]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.processes[name] = subprocess.Popen(
             command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env
         )

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from agent_processes import AgentProcesses
-from receivers import WebhookReceiver, serve_receiver
+from receivers import SlackWebhookReceiver, WebhookReceiver, serve_receiver
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +61,17 @@ def run_cli(*args, cwd=None):
 
 async def test_killed_agent_reported_once_and_resolved_once(tmp_path):
     receiver = WebhookReceiver()
-    async with serve_receiver(receiver) as url:
-        sink = {"name": "hook", "type": "webhook", "url": f"{url}/alarms"}
-        mesh = AgentProcesses(tmp_path, ["seoul", "busan", "daegu", "jeju"], sinks=[sink])
+    slack = SlackWebhookReceiver()
+    async with serve_receiver(receiver) as url, serve_receiver(slack) as slack_url:
+        hook = {"name": "hook", "type": "webhook", "url": f"{url}/alarms"}
+        chat = {"name": "ops-slack", "type": "slack", "url_env": "SLACK_WEBHOOK_URL"}
+        secret_url = slack_url + slack.path
+        mesh = AgentProcesses(
+            tmp_path,
+            ["seoul", "busan", "daegu", "jeju"],
+            sinks=[hook, chat],
+            env={"SLACK_WEBHOOK_URL": secret_url},
+        )
         try:
             mesh.start_all()
             everyone = {n: "alive" for n in mesh.names}
@@ -87,6 +95,15 @@ async def test_killed_agent_reported_once_and_resolved_once(tmp_path):
             assert len(resolved) == 1
             assert resolved[0]["incident"] == firing[0]["incident"]
             assert len(receiver.requests) == 2
+
+            # Slack got the same two alarms, readable, and its URL leaked nowhere.
+            await slack.wait_until(lambda: len(slack.messages) >= 2)
+            texts = [m["text"] for m in slack.messages]
+            assert len(texts) == 2
+            assert "busan" in texts[0]
+            assert slack.rejections == []
+            for name in mesh.names:
+                assert slack.path not in mesh.log(name)
 
             keys = [mesh.keyring.get(n) for n in mesh.names]
             for request in receiver.requests:

@@ -25,4 +25,4 @@ test-quick *args:
 
 # Measure durable outbox enqueue throughput.
 bench-outbox:
-    {{python}} tests/bench_outbox.py
+    {{python}} bench/bench_outbox.py

@@ -8,25 +8,36 @@ restarts. The folder layout::
     <directory>/delivered/<id>             marker of a delivered key, pruned later
     <directory>/dead/<id>.dead             dead letter: the entry and the reason
 
-Each file is one msgpack map. ``<seq>`` is a 20-digit counter that fixes the
-delivery order, and ``<id>`` is a hash of the destination name and the
-idempotency key. An idempotency key is therefore scoped to its destination: the
-same key can be queued once for each destination.
+Each file is one msgpack map (see :mod:`sinks._outbox_files`). ``<seq>`` is a
+20-digit counter that fixes the delivery order, and ``<id>`` is a hash of the
+destination name and the idempotency key. An idempotency key is therefore scoped
+to its destination: the same key can be queued once for each destination.
 
 Durability: ``enqueue`` returns only after the entry file and its folder entry are
 on disk (temporary file, fsync, rename, fsync of the folder). After a delivery the
 outbox writes the delivered marker durably and then removes the entry file. A
 crash between the two leaves both, and the next start drops the entry instead of
 delivering it again. A crash during an attempt delivers the entry again after the
-restart, and the receiver can use the idempotency key to drop the duplicate.
+restart, and the receiver can use the idempotency key to drop the duplicate: each
+destination has at most one attempt in flight, so a crash repeats at most one
+message per destination.
 
 Delivery: each destination has its own task and queue, so a slow or failing
 receiver holds up only itself. A destination gets its entries in enqueue order,
 and its head entry is retried until it is delivered or dead, because a resolved
-alarm that overtakes its firing alarm would mislead the people reading them. The
-delay after the n-th failure of an entry is drawn uniformly from
-``[0, min(max_delay, initial_delay * multiplier ** (n - 1))]`` ("full jitter"),
-and is never shorter than the ``retry_after`` a receiver asked for.
+alarm that overtakes its firing alarm would mislead the people reading them.
+Retry delays follow :mod:`sinks.retry`.
+
+Grouping: entries of one destination that share a group (a route) and arrive
+within the group window of the first are sent as one message, to receivers that
+can show several alarms at once. The first entry waits out the window; the
+batch is fixed when it is formed and retried as a whole.
+
+Fallbacks: an entry may name fallback destinations. Once its destination has
+failed for ``fallback_after`` seconds without a success, or at once when the
+entry becomes a dead letter, every such entry of that destination is copied to
+its fallbacks under its ``fallback_key``. The primary keeps retrying, so it still
+gets every alarm in order when it recovers.
 
 File I/O runs on the trio thread, not in worker threads. ``enqueue`` is
 synchronous so that its callers know the alarm is safe when it returns, and the
@@ -37,31 +48,39 @@ trio's MockClock jump past deadlines while the I/O runs.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
-import enum
 import hashlib
 import logging
-import math
 import os
 import random
-import re
-import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import msgpack
 import trio
 
 from mesh.alarm import SignedAlarm
 
-from .errors import SinkError, SinkPermanentError, SinkRetryableError
+from ._outbox_files import (
+    PENDING_NAME,
+    Entry,
+    entry_id,
+    fsync_files,
+    fsync_folder,
+    pack,
+    parse_entry,
+    temporary_path,
+    write_synced,
+)
+from .deadletters import DeadLetter, DeadLetterArchive, DeadLetterReason, DeadLetterStore
+from .errors import SinkPermanentError, SinkRetryableError
+from .retry import DAYS, HOURS, RetryPolicy, describe_error, retry_delay
 
 __all__ = [
     "Destination",
+    "Envelope",
     "RetryPolicy",
     "OutboxObserver",
     "OutboxStatistics",
@@ -72,23 +91,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SECONDS = 1.0
-MINUTES = 60 * SECONDS
-HOURS = 60 * MINUTES
-DAYS = 24 * HOURS
-
 # How often a running outbox removes expired delivered markers.
 PRUNE_INTERVAL = 1 * HOURS
 
-# Maximum threads that fsync the entry files of one enqueue_many call.
-FSYNC_THREADS = 8
-
-_PENDING_NAME = re.compile(r"(\d{20})-([0-9a-f]{32})\.entry")
-_ENTRY_FIELDS = ("key", "destination", "frame", "created_at", "attempts", "last_error")
-
 
 class Destination(Protocol):
-    """A receiver that the outbox delivers to: one sink, or the archive."""
+    """A receiver that the outbox delivers to: one sink, or the archive.
+
+    A destination that can show several alarms in one message also has
+    ``max_group`` (an int above 1) and ``deliver_group(group, key)``, which
+    takes a list of alarms and otherwise behaves as ``deliver``.
+    """
 
     # Name used in log lines.
     name: str
@@ -112,47 +125,22 @@ class Destination(Protocol):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    """When the outbox retries a failed delivery, and when it gives up."""
+class Envelope:
+    """One delivery to enqueue, with the routing options of its entry."""
 
-    # Upper bound of the first retry delay, in seconds. Lower retries a brief
-    # outage sooner; higher sends less traffic to a receiver that is struggling.
-    initial_delay: float = 1 * SECONDS
-    # Upper bound of any retry delay, in seconds, unless the receiver requests a
-    # longer one. Higher spares a receiver that is down; lower notices recovery
-    # sooner.
-    max_delay: float = 5 * MINUTES
-    # Factor by which the delay bound grows after each failure of an entry.
-    multiplier: float = 2.0
-    # Age in seconds after which an undelivered entry becomes a dead letter. An
-    # alarm a day late rarely helps anyone, and the entries behind it wait. An
-    # entry whose next retry would come after this age is dead-lettered at once.
-    max_age: float = 24 * HOURS
-    # Deadline of one attempt, in seconds. A receiver that hangs longer fails the
-    # attempt, which is then retried.
-    attempt_timeout: float = 30 * SECONDS
-
-    def __post_init__(self) -> None:
-        for field in ("initial_delay", "max_delay", "max_age", "attempt_timeout"):
-            value = getattr(self, field)
-            if not (_is_number(value) and value > 0):
-                raise ValueError(f"invalid {field} {value!r}, expected seconds > 0")
-        if self.max_delay < self.initial_delay:
-            raise ValueError(
-                f"invalid max_delay {self.max_delay!r}, expected at least "
-                f"initial_delay {self.initial_delay!r}"
-            )
-        multiplier = self.multiplier
-        if not (_is_number(multiplier) and multiplier >= 1):
-            raise ValueError(f"invalid multiplier {multiplier!r}, expected at least 1")
-
-    def delay_bound(self, failures: int) -> float:
-        """Return the maximum delay in seconds after ``failures`` failures."""
-        try:
-            bound = self.initial_delay * self.multiplier ** (failures - 1)
-        except OverflowError:
-            return self.max_delay
-        return min(bound, self.max_delay)
+    # Idempotency key, unique per destination.
+    key: str
+    destination: str
+    frame: bytes
+    # Entries of one destination with the same non-empty group, enqueued within
+    # group_window seconds of the first, go out in one message.
+    group: str = ""
+    group_window: float = 0.0
+    # Destinations that get a copy under fallback_key (default: key) once
+    # ``destination`` has failed for fallback_after seconds.
+    fallbacks: tuple[str, ...] = ()
+    fallback_key: str = ""
+    fallback_after: float = 0.0
 
 
 class OutboxObserver:
@@ -177,19 +165,11 @@ class OutboxObserver:
         when the entry file was unreadable.
         """
 
+    def answered(self, destination: str, key: str, response: str) -> None:
+        """Record the receiver's answer to a delivered entry."""
 
-class DeadLetterReason(enum.Enum):
-    """Reason an entry became a dead letter. The value is the metrics label.
-
-    Values are stored in dead letter files and dashboards select on them, so
-    new values are only ever added and existing ones never renamed.
-    """
-
-    PERMANENT_ERROR = "permanent_error"
-    EXPIRED = "expired"
-    UNDECODABLE = "undecodable"
-    UNKNOWN_DESTINATION = "unknown_destination"
-    CORRUPT_ENTRY = "corrupt_entry"
+    def handed_over(self, destination: str, fallback: str, count: int) -> None:
+        """Record ``count`` entries of ``destination`` copied to ``fallback``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,57 +182,17 @@ class OutboxStatistics:
     # Wall-clock age in seconds of the oldest pending entry, 0.0 when none.
     oldest_pending_age: float
     # Since the outbox was created: entries delivered, failed attempts followed
-    # by a retry, and entries moved to the dead letters.
+    # by a retry, entries moved to the dead letters, and copies made for
+    # fallback destinations.
     delivered: int
     retried: int
     dead_lettered: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class DeadLetter:
-    """One file of ``dead/``, as read back by :meth:`Outbox.dead_letters`."""
-
-    path: Path
-    # DeadLetterReason value, and the error or check that caused it.
-    reason: str
-    detail: str
-    # Wall-clock time of the move, Unix seconds.
-    dead_at: float
-    # The entry's fields. They are None, 0 or empty when the entry file was
-    # unreadable, and ``raw`` then contains its bytes.
-    key: str | None
-    destination: str | None
-    frame: bytes | None
-    created_at: float | None
-    attempts: int
-    last_error: str | None
-    raw: bytes | None
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
-class _Entry:
-    # Position in the enqueue order of all destinations.
-    seq: int
-    key: str
-    destination: str
-    frame: bytes
-    # Wall-clock enqueue time, Unix seconds.
-    created_at: float
-    # Attempts made so far, counted across restarts.
-    attempts: int = 0
-    # Text of the latest failure, or None before the first.
-    last_error: str | None = None
-
-    @property
-    def id(self) -> str:
-        return _entry_id(self.destination, self.key)
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.seq:020d}-{self.id}.entry"
-
-    def to_record(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in _ENTRY_FIELDS}
+    handed_over: int = 0
+    # Dead letters on disk, by DeadLetterReason value, whenever they were made.
+    dead_letters: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Seconds since the first failure of each destination that has not had a
+    # success since; absent for destinations that are not failing.
+    failing_for: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 class _DestinationQueue:
@@ -262,124 +202,20 @@ class _DestinationQueue:
         # Destination name, as given to enqueue, and the receiver.
         self.name = name
         self.destination = destination
+        # Alarms per message: above 1 only for destinations with deliver_group.
+        max_group = getattr(destination, "max_group", 1)
+        self.max_group = max_group if hasattr(destination, "deliver_group") else 1
         # Entries in enqueue order. The head is the one being attempted, and only
         # this destination's task removes entries.
-        self.entries: collections.deque[_Entry] = collections.deque()
+        self.entries: collections.deque[Entry] = collections.deque()
         # Set by enqueue to wake the idle task; the task replaces it before waiting.
         self.wakeup = trio.Event()
         # Text of the last failure logged at WARNING, so that repeats of the same
         # failure go to DEBUG; reset by a delivery.
         self.logged_error: str | None = None
-
-
-def _is_number(value: object) -> bool:
-    # bool is an int subclass, but True is no duration.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value)
-
-
-def _entry_id(destination: str, key: str) -> str:
-    # msgpack of the pair keeps ("a", "bc") and ("ab", "c") apart.
-    packed = msgpack.packb([destination, key], use_bin_type=True)
-    return hashlib.sha256(packed).hexdigest()[:32]
-
-
-def _describe(exc: BaseException) -> str:
-    # Sink errors carry messages written for operators; others need their type.
-    if isinstance(exc, SinkError):
-        return str(exc) or type(exc).__name__
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_files(paths: list[Path]) -> None:
-    """Fsync the files, several at once when there are several.
-
-    Concurrent fsyncs let the file system commit several files in one journal
-    transaction. With them, tests/bench_outbox.py measured enqueue_many of 100
-    entries at about 1.4 times the rate of single enqueues, on ext4 on a 2-core
-    VM; with one fsync after another it was barely faster than single enqueues.
-    """
-    if len(paths) == 1:
-        _fsync_file(paths[0])
-        return
-    workers = min(FSYNC_THREADS, len(paths))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        # list() waits for every fsync and raises the first error.
-        list(pool.map(_fsync_file, paths))
-
-
-def _temporary_path(path: Path) -> Path:
-    # The leading dot keeps the name apart from entry names, so that loading
-    # can recognise and remove temporary files that a crash left behind.
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it.
-
-    The rename is atomic, so readers see the old content or the new, never part.
-    The caller fsyncs the folder when the new name itself must survive a crash.
-    """
-    tmp = _temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _parse_entry(seq: int, raw: bytes) -> _Entry:
-    """Decode an entry file.
-
-    Raises:
-        ValueError: the bytes are not msgpack, or a field is missing or of the
-            wrong type.
-    """
-    try:
-        record = msgpack.unpackb(raw, raw=False)
-    except (ValueError, TypeError) as exc:
-        # msgpack raises ValueError subclasses, and TypeError for a map key
-        # that Python cannot hash.
-        raise ValueError(f"entry is not msgpack: {_describe(exc)}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"entry is a {type(record).__name__}, expected a map")
-    missing = [field for field in _ENTRY_FIELDS if field not in record]
-    if missing:
-        raise ValueError(f"entry lacks the fields {missing!r}")
-    entry = _Entry(seq=seq, **{field: record[field] for field in _ENTRY_FIELDS})
-    valid = (
-        isinstance(entry.key, str)
-        and isinstance(entry.destination, str)
-        and isinstance(entry.frame, bytes)
-        and isinstance(entry.created_at, (int, float))
-        and isinstance(entry.attempts, int)
-        and isinstance(entry.last_error, (str, type(None)))
-    )
-    if not valid:
-        raise ValueError("entry has a field of the wrong type")
-    return entry
+        # Wall-clock time of the first failure since the last success, Unix
+        # seconds, or None while the destination is healthy.
+        self.failed_since: float | None = None
 
 
 class Outbox:
@@ -403,6 +239,7 @@ class Outbox:
         observer: hooks for metrics.
         delivered_retention: seconds for which a delivered key is remembered,
             and rejected by :meth:`enqueue`.
+        dead_letter_archive: where :meth:`run` copies each dead letter, or None.
 
     Raises:
         OSError: the folder cannot be created or read.
@@ -419,13 +256,12 @@ class Outbox:
         rng: random.Random | None = None,
         observer: OutboxObserver | None = None,
         delivered_retention: float = 7 * DAYS,
+        dead_letter_archive: DeadLetterArchive | None = None,
     ) -> None:
         directory = Path(directory)
-        # Subfolders for entries waiting for delivery, delivered markers and
-        # dead letters.
+        # Subfolders for entries waiting for delivery and delivered markers.
         self._pending_dir = directory / "pending"
         self._delivered_dir = directory / "delivered"
-        self._dead_dir = directory / "dead"
         # Frame to alarm, called once per entry and run before its first attempt.
         self._decode = decode
         self._policy = policy
@@ -437,6 +273,8 @@ class Outbox:
         self._observer = observer if observer is not None else OutboxObserver()
         # Seconds for which delivered markers are kept.
         self._delivered_retention = delivered_retention
+        # Archive that dead letters are copied to, or None.
+        self._dead_letter_archive = dead_letter_archive
         # Destination name to its queue; the set of names is fixed.
         self._queues = {
             name: _DestinationQueue(name, destination)
@@ -444,8 +282,8 @@ class Outbox:
         }
         # Ids of the entries in the queues.
         self._pending_ids: set[str] = set()
-        # Ids of the dead letters on disk.
-        self._dead_ids: set[str] = set()
+        # Ids of the pending entries already copied to their fallbacks.
+        self._handed_over_ids: set[str] = set()
         # Id of each delivered marker on disk to its delivery time, Unix seconds.
         self._delivered_at: dict[str, float] = {}
         # Sequence number of the next entry; above every pending one.
@@ -454,14 +292,16 @@ class Outbox:
         self._delivered_count = 0
         self._retried_count = 0
         self._dead_count = 0
+        self._handed_over_count = 0
         # True while run() is active; a second concurrent run() is a mistake.
         self._running = False
 
-        for folder in (self._pending_dir, self._delivered_dir, self._dead_dir):
+        for folder in (self._pending_dir, self._delivered_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        _fsync_folder(directory)
+        # The dead/ folder, its index and its copies to the archive.
+        self._dead = DeadLetterStore(directory / "dead", now=now)
+        fsync_folder(directory)
         self._load_delivered()
-        self._load_dead()
         self._load_pending()
 
     # ------------------------------------------------------------------ loading
@@ -476,13 +316,6 @@ class Outbox:
             self._delivered_at[name] = path.stat().st_mtime
         self._prune_delivered()
 
-    def _load_dead(self) -> None:
-        for name in os.listdir(self._dead_dir):
-            if name.startswith("."):
-                (self._dead_dir / name).unlink(missing_ok=True)
-            elif name.endswith(".dead"):
-                self._dead_ids.add(name.removesuffix(".dead"))
-
     def _load_pending(self) -> None:
         for name in sorted(os.listdir(self._pending_dir)):
             path = self._pending_dir / name
@@ -490,11 +323,11 @@ class Outbox:
                 # The enqueue that wrote it had not returned, so no caller relies on it.
                 path.unlink(missing_ok=True)
                 continue
-            match = _PENDING_NAME.fullmatch(name)
+            match = PENDING_NAME.fullmatch(name)
             try:
                 if match is None:
                     raise ValueError(f"file name {name!r} is not <seq>-<id>.entry")
-                entry = _parse_entry(int(match[1]), path.read_bytes())
+                entry = parse_entry(int(match[1]), path.read_bytes())
                 if entry.id != match[2]:
                     raise ValueError(f"file name {name!r} does not match its entry")
             except ValueError as exc:
@@ -502,10 +335,15 @@ class Outbox:
                 continue
             self._next_seq = max(self._next_seq, entry.seq + 1)
             self._restore(entry, path)
+        # A destination that was failing before the restart still is, as far as
+        # its fallbacks are concerned: its head entry remembers since when.
+        for queue in self._queues.values():
+            if queue.entries:
+                queue.failed_since = queue.entries[0].failed_since
 
-    def _restore(self, entry: _Entry, path: Path) -> None:
+    def _restore(self, entry: Entry, path: Path) -> None:
         entry_id = entry.id
-        if entry_id in self._delivered_at or entry_id in self._dead_ids:
+        if entry_id in self._delivered_at or entry_id in self._dead.ids:
             # A crash came between writing the marker or dead letter and
             # removing the entry, or a copy of the entry was left behind.
             path.unlink(missing_ok=True)
@@ -532,11 +370,14 @@ class Outbox:
         """Write one delivery durably and queue it; see :meth:`enqueue_many`."""
         return self.enqueue_many([(idempotency_key, destination, frame)])[0]
 
-    def enqueue_many(self, items: Iterable[tuple[str, str, bytes]]) -> list[bool]:
+    def enqueue_many(
+        self, items: Iterable[Envelope | tuple[str, str, bytes]]
+    ) -> list[bool]:
         """Write deliveries durably and queue them, with one folder fsync for all.
 
-        Each item is ``(idempotency_key, destination, frame)``. The entry files
-        are on disk when this returns, before any attempt starts.
+        Each item is an :class:`Envelope` or a tuple ``(idempotency_key,
+        destination, frame)``. The entry files are on disk when this returns,
+        before any attempt starts.
 
         Returns:
             For each item, True if it was queued, or False if its key was already
@@ -544,41 +385,45 @@ class Outbox:
             or appeared earlier in ``items``. Nothing is written for False.
 
         Raises:
-            ValueError: a destination is not configured or a key is empty.
-                Nothing is written then.
+            ValueError: a destination or fallback is not configured, or a key is
+                empty. Nothing is written then.
             TypeError: a frame is not bytes.
             OSError: the entries could not be written. None of them is queued.
         """
-        items = list(items)
-        for key, destination, frame in items:
-            if destination not in self._queues:
-                raise ValueError(f"unknown destination {destination!r}")
-            if not isinstance(key, str) or not key:
-                raise ValueError(
-                    f"invalid idempotency key {key!r}, expected a non-empty string"
-                )
-            if not isinstance(frame, bytes):
-                raise TypeError(f"frame must be bytes, got {type(frame).__name__}")
+        envelopes = [
+            item if isinstance(item, Envelope) else Envelope(
+                key=item[0], destination=item[1], frame=item[2]
+            )
+            for item in items
+        ]
+        for envelope in envelopes:
+            self._check(envelope)
 
         # Select the new entries.
         created_at = self._now()
         accepted: list[bool] = []
-        entries: list[_Entry] = []
+        entries: list[Entry] = []
         batch_ids: set[str] = set()
-        for key, destination, frame in items:
-            entry_id = _entry_id(destination, key)
-            if self._is_known(entry_id) or entry_id in batch_ids:
+        for envelope in envelopes:
+            new_id = entry_id(envelope.destination, envelope.key)
+            if self._is_known(new_id) or new_id in batch_ids:
                 accepted.append(False)
                 continue
-            batch_ids.add(entry_id)
-            entry = _Entry(
-                seq=self._next_seq + len(entries),
-                key=key,
-                destination=destination,
-                frame=frame,
-                created_at=created_at,
+            batch_ids.add(new_id)
+            entries.append(
+                Entry(
+                    seq=self._next_seq + len(entries),
+                    key=envelope.key,
+                    destination=envelope.destination,
+                    frame=envelope.frame,
+                    created_at=created_at,
+                    group=envelope.group,
+                    group_window=envelope.group_window,
+                    fallbacks=envelope.fallbacks,
+                    fallback_key=envelope.fallback_key,
+                    fallback_after=envelope.fallback_after,
+                )
             )
-            entries.append(entry)
             accepted.append(True)
         if not entries:
             return accepted
@@ -587,34 +432,56 @@ class Outbox:
 
         # Queue them only now that they are durable.
         self._next_seq += len(entries)
+        touched = {}
         for entry in entries:
             queue = self._queues[entry.destination]
             queue.entries.append(entry)
             queue.wakeup.set()
+            touched[queue.name] = queue
         self._pending_ids.update(batch_ids)
+        # A destination that has been failing for long hands new entries to
+        # their fallbacks at once, instead of at its next attempt.
+        for queue in touched.values():
+            self._hand_over(queue)
         return accepted
 
-    def _is_known(self, entry_id: str) -> bool:
+    def _check(self, envelope: Envelope) -> None:
+        if envelope.destination not in self._queues:
+            raise ValueError(f"unknown destination {envelope.destination!r}")
+        for fallback in envelope.fallbacks:
+            if fallback not in self._queues or fallback == envelope.destination:
+                raise ValueError(
+                    f"invalid fallback {fallback!r} of {envelope.destination!r}, "
+                    "expected another configured destination"
+                )
+        if not isinstance(envelope.key, str) or not envelope.key:
+            raise ValueError(
+                f"invalid idempotency key {envelope.key!r}, expected a non-empty string"
+            )
+        if not isinstance(envelope.frame, bytes):
+            raise TypeError(f"frame must be bytes, got {type(envelope.frame).__name__}")
+
+    def _is_known(self, new_id: str) -> bool:
         return (
-            entry_id in self._pending_ids
-            or entry_id in self._delivered_at
-            or entry_id in self._dead_ids
+            new_id in self._pending_ids
+            or new_id in self._delivered_at
+            or new_id in self._dead.ids
         )
 
-    def _write_entries(self, entries: list[_Entry]) -> None:
+    def _write_entries(self, entries: list[Entry]) -> None:
         paths = [self._pending_dir / entry.file_name for entry in entries]
-        tmps = [_temporary_path(path) for path in paths]
+        tmps = [temporary_path(path) for path in paths]
         renamed: list[Path] = []
         try:
             # All files are written before any is fsynced, so that the fsyncs
             # can run at the same time.
             for entry, tmp in zip(entries, tmps):
-                tmp.write_bytes(msgpack.packb(entry.to_record(), use_bin_type=True))
-            _fsync_files(tmps)
+                tmp.write_bytes(pack(entry.to_record()))
+            fsync_files(tmps)
             for tmp, path in zip(tmps, paths):
                 os.replace(tmp, path)
                 renamed.append(path)
-            _fsync_folder(self._pending_dir)
+            fsync_folder(self._pending_dir)
         except BaseException:
             # The caller learns that nothing was queued, so no file may stay
             # behind to be delivered after a restart.
@@ -644,6 +511,13 @@ class Outbox:
                 for queue in self._queues.values():
                     nursery.start_soon(self._run_destination, queue)
                 nursery.start_soon(self._prune_periodically)
+                if self._dead_letter_archive is not None:
+                    nursery.start_soon(
+                        self._dead.run_archiver,
+                        self._dead_letter_archive,
+                        self._policy,
+                        self._rng,
+                    )
                 task_status.started()
         finally:
             self._running = False
@@ -654,86 +528,155 @@ class Outbox:
                 queue.wakeup = trio.Event()
                 await queue.wakeup.wait()
                 continue
-            entry = queue.entries[0]
-            await self._deliver(queue, entry)
-            queue.entries.popleft()
-            self._pending_ids.discard(entry.id)
+            batch = await self._take_batch(queue)
+            await self._deliver(queue, batch)
+            for entry in batch:
+                assert queue.entries[0] is entry
+                queue.entries.popleft()
+                self._pending_ids.discard(entry.id)
+                self._handed_over_ids.discard(entry.id)
             # A receiver that responds without a checkpoint must not starve the
             # other destinations while a long queue drains.
             await trio.lowlevel.checkpoint()
 
-    async def _deliver(self, queue: _DestinationQueue, entry: _Entry) -> None:
-        """Attempt ``entry`` until it is delivered or moved to the dead letters."""
+    async def _take_batch(self, queue: _DestinationQueue) -> list[Entry]:
+        """Return the entries of the next message, waiting out a group window."""
+        head = queue.entries[0]
+        if queue.max_group <= 1 or not head.group or head.group_window <= 0:
+            return [head]
+        window_end = head.created_at + head.group_window
+        wait = window_end - self._now()
+        if wait > 0:
+            await trio.sleep(wait)
+        batch = []
+        for entry in queue.entries:
+            if entry.group != head.group or entry.created_at > window_end:
+                break
+            batch.append(entry)
+            if len(batch) == queue.max_group:
+                break
+        return batch
+
+    async def _deliver(self, queue: _DestinationQueue, batch: list[Entry]) -> None:
+        """Attempt ``batch`` until it is delivered or moved to the dead letters."""
         policy = self._policy
-        try:
-            signed = self._decode(entry.frame)
-        except Exception as exc:
-            detail = f"frame cannot be decoded: {_describe(exc)}"
-            self._dead_letter(entry, DeadLetterReason.UNDECODABLE, detail)
+        decoded = self._decode_batch(queue, batch)
+        if not decoded:
             return
+        entries = [entry for entry, _ in decoded]
+        head = entries[0]
 
         failures = 0
         while True:
-            # Give up on an entry that waited too long, for example across a
+            # Give up on entries that waited too long, for example across a
             # long shutdown.
-            if self._now() - entry.created_at > policy.max_age:
-                self._expire(entry)
+            if self._now() - head.created_at > policy.max_age:
+                self._expire(queue, entries)
                 return
 
-            # Attempt it under a deadline.
-            entry.attempts += 1
+            # Attempt them under a deadline.
+            for entry in entries:
+                entry.attempts += 1
             retry_after = None
             try:
                 with trio.fail_after(policy.attempt_timeout):
-                    response = await queue.destination.deliver(signed, entry.key)
+                    response = await self._attempt(queue, decoded)
             except SinkPermanentError as exc:
+                self._note_failure(queue)
                 reason = DeadLetterReason.PERMANENT_ERROR
-                self._dead_letter(entry, reason, _describe(exc))
+                for entry in entries:
+                    self._dead_letter(entry, reason, describe_error(exc))
+                self._hand_over(queue, dead=entries)
                 return
             except trio.TooSlowError:
                 error = f"attempt timed out after {policy.attempt_timeout:g}s"
             except SinkRetryableError as exc:
-                error = _describe(exc)
+                error = describe_error(exc)
                 retry_after = exc.retry_after
             except Exception as exc:
                 # Any other failure of a receiver may be transient.
-                error = _describe(exc)
+                error = describe_error(exc)
             else:
-                self._mark_delivered(queue, entry, response)
+                self._mark_delivered(queue, entries, response)
                 return
 
             # Choose the delay, and give up if the retry would come too late.
             failures += 1
-            delay = self._retry_delay(failures, retry_after)
-            entry.last_error = error
-            if self._now() + delay - entry.created_at > policy.max_age:
-                self._expire(entry)
+            delay = retry_delay(policy, failures, retry_after, self._rng)
+            self._note_failure(queue, entries, error)
+            if self._now() + delay - head.created_at > policy.max_age:
+                self._expire(queue, entries)
                 return
 
-            self._record_retry(queue, entry, error, delay)
-            await trio.sleep(delay)
+            self._record_retry(queue, entries, error, delay)
+            await self._sleep_handing_over(queue, delay)
 
-    def _retry_delay(self, failures: int, retry_after: float | None) -> float:
-        delay = self._rng.uniform(0.0, self._policy.delay_bound(failures))
-        # An infinite or negative hint from a buggy receiver is ignored.
-        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
-            delay = max(delay, retry_after)
-        return delay
+    def _decode_batch(
+        self, queue: _DestinationQueue, batch: list[Entry]
+    ) -> list[tuple[Entry, SignedAlarm]]:
+        decoded = []
+        for entry in batch:
+            try:
+                decoded.append((entry, self._decode(entry.frame)))
+            except Exception as exc:
+                detail = f"frame cannot be decoded: {describe_error(exc)}"
+                self._dead_letter(entry, DeadLetterReason.UNDECODABLE, detail)
+        return decoded
+
+    async def _attempt(
+        self, queue: _DestinationQueue, decoded: list[tuple[Entry, SignedAlarm]]
+    ) -> str:
+        destination = queue.destination
+        if len(decoded) == 1:
+            entry, signed = decoded[0]
+            return await destination.deliver(signed, entry.key)
+        # The key of a message of several entries is fixed by its entries, so a
+        # retry of the same batch repeats it.
+        keys = "\n".join(entry.key for entry, _ in decoded)
+        key = "group-" + hashlib.sha256(keys.encode()).hexdigest()[:32]
+        group = [signed for _, signed in decoded]
+        return await destination.deliver_group(group, key)  # type: ignore[attr-defined]
+
+    def _note_failure(
+        self,
+        queue: _DestinationQueue,
+        entries: Sequence[Entry] = (),
+        error: str | None = None,
+    ) -> None:
+        now = self._now()
+        if queue.failed_since is None:
+            queue.failed_since = now
+        for entry in entries:
+            entry.last_error = error
+            if entry.failed_since is None:
+                entry.failed_since = now
+
+    async def _sleep_handing_over(self, queue: _DestinationQueue, delay: float) -> None:
+        """Sleep ``delay`` seconds, handing entries over when their time comes."""
+        deadline = trio.current_time() + delay
+        while True:
+            due = self._next_hand_over(queue)
+            if due is None or trio.current_time() + due >= deadline:
+                break
+            await trio.sleep(due)
+            self._hand_over(queue)
+        await trio.sleep_until(deadline)
 
     def _record_retry(
-        self, queue: _DestinationQueue, entry: _Entry, error: str, delay: float
+        self, queue: _DestinationQueue, entries: list[Entry], error: str, delay: float
     ) -> None:
         self._retried_count += 1
-        try:
-            self._save(entry)
-        except OSError as exc:
-            # Only the attempt count and last error on disk are stale.
-            logger.warning(
-                "cannot update outbox entry: %s sink=%s key=%s",
-                exc,
-                queue.name,
-                entry.key,
-            )
+        for entry in entries:
+            try:
+                self._save(entry)
+            except OSError as exc:
+                # Only the attempt count and last error on disk are stale.
+                logger.warning(
+                    "cannot update outbox entry: %s sink=%s key=%s",
+                    exc,
+                    queue.name,
+                    entry.key,
+                )
         level = logging.WARNING if error != queue.logged_error else logging.DEBUG
         queue.logged_error = error
         logger.log(
@@ -742,67 +685,74 @@ class Outbox:
             delay,
             error,
             queue.name,
-            entry.key,
-            entry.attempts,
+            _keys_text(entries),
+            entries[0].attempts,
         )
         self._observer.retrying(queue.name, error, delay)
 
-    def _save(self, entry: _Entry) -> None:
+    def _save(self, entry: Entry) -> None:
         # No folder fsync: after a crash, the old and the new file are both
         # valid entries.
         path = self._pending_dir / entry.file_name
-        _write_synced(path, msgpack.packb(entry.to_record(), use_bin_type=True))
+        write_synced(path, pack(entry.to_record()))
 
-    def _expire(self, entry: _Entry) -> None:
-        detail = f"not delivered within max_age {self._policy.max_age:g}s"
-        if entry.last_error is not None:
-            detail += f", last error: {entry.last_error}"
-        self._dead_letter(entry, DeadLetterReason.EXPIRED, detail)
+    def _expire(self, queue: _DestinationQueue, entries: list[Entry]) -> None:
+        for entry in entries:
+            detail = f"not delivered within max_age {self._policy.max_age:g}s"
+            if entry.last_error is not None:
+                detail += f", last error: {entry.last_error}"
+            self._dead_letter(entry, DeadLetterReason.EXPIRED, detail)
+        self._hand_over(queue, dead=entries)
 
     def _mark_delivered(
-        self, queue: _DestinationQueue, entry: _Entry, response: str
+        self, queue: _DestinationQueue, entries: list[Entry], response: str
     ) -> None:
         delivered_at = self._now()
-        entry_id = entry.id
 
-        # The marker must be durable before the entry goes, so that a crash
-        # between the two cannot deliver the entry again.
-        marker = self._delivered_dir / entry_id
-        record = {
-            "key": entry.key,
-            "destination": entry.destination,
-            "delivered_at": delivered_at,
-        }
+        # The markers must be durable before the entries go, so that a crash
+        # between the two cannot deliver an entry again.
         try:
-            _write_synced(marker, msgpack.packb(record, use_bin_type=True))
-            os.utime(marker, (delivered_at, delivered_at))
-            _fsync_folder(self._delivered_dir)
-            self._delivered_at[entry_id] = delivered_at
+            for entry in entries:
+                marker = self._delivered_dir / entry.id
+                record = {
+                    "key": entry.key,
+                    "destination": entry.destination,
+                    "delivered_at": delivered_at,
+                }
+                write_synced(marker, pack(record))
+                os.utime(marker, (delivered_at, delivered_at))
+                self._delivered_at[entry.id] = delivered_at
+            fsync_folder(self._delivered_dir)
         except OSError as exc:
             logger.warning(
                 "cannot write delivered marker, the key may be accepted again: "
                 "%s sink=%s key=%s",
                 exc,
                 queue.name,
-                entry.key,
+                _keys_text(entries),
             )
-        self._remove_pending(entry)
+        for entry in entries:
+            self._remove_pending(entry)
 
-        self._delivered_count += 1
+        self._delivered_count += len(entries)
         queue.logged_error = None
-        level = logging.DEBUG if entry.attempts == 1 else logging.INFO
+        queue.failed_since = None
+        attempts = entries[0].attempts
+        level = logging.DEBUG if attempts == 1 else logging.INFO
         logger.log(
             level,
             "delivered: %s sink=%s key=%s attempt=%d",
             response,
             queue.name,
-            entry.key,
-            entry.attempts,
+            _keys_text(entries),
+            attempts,
         )
-        age = delivered_at - entry.created_at
-        self._observer.delivered(queue.name, entry.attempts, age)
+        for entry in entries:
+            age = delivered_at - entry.created_at
+            self._observer.delivered(queue.name, entry.attempts, age)
+            self._observer.answered(queue.name, entry.key, response)
 
-    def _remove_pending(self, entry: _Entry) -> None:
+    def _remove_pending(self, entry: Entry) -> None:
         path = self._pending_dir / entry.file_name
         try:
             path.unlink(missing_ok=True)
@@ -816,17 +766,84 @@ class Outbox:
                 entry.key,
             )
 
+    # ------------------------------------------------------------------ fallbacks
+
+    def _next_hand_over(self, queue: _DestinationQueue) -> float | None:
+        """Return the seconds until an entry of ``queue`` is due for its fallbacks."""
+        if queue.failed_since is None:
+            return None
+        failing_for = self._now() - queue.failed_since
+        waits = [
+            max(0.0, entry.fallback_after - failing_for)
+            for entry in queue.entries
+            if entry.fallbacks and entry.id not in self._handed_over_ids
+        ]
+        return min(waits, default=None)
+
+    def _hand_over(
+        self, queue: _DestinationQueue, *, dead: Sequence[Entry] = ()
+    ) -> None:
+        """Copy the entries of a failing destination to their fallbacks.
+
+        Entries in ``dead`` go over whatever their fallback_after: their
+        destination will never deliver them.
+        """
+        if queue.failed_since is None and not dead:
+            return
+        failing_for = 0.0
+        if queue.failed_since is not None:
+            failing_for = self._now() - queue.failed_since
+        dead_ids = {entry.id for entry in dead}
+        # By id, because the dead entries are still in the queue.
+        candidates = {entry.id: entry for entry in [*dead, *queue.entries]}
+        due = [
+            entry
+            for entry in candidates.values()
+            if entry.fallbacks
+            and entry.id not in self._handed_over_ids
+            and (entry.id in dead_ids or failing_for >= entry.fallback_after)
+        ]
+        if not due:
+            return
+
+        envelopes = [
+            Envelope(
+                key=entry.fallback_key or entry.key,
+                destination=fallback,
+                frame=entry.frame,
+                group=entry.group,
+                group_window=entry.group_window,
+            )
+            for entry in due
+            for fallback in entry.fallbacks
+        ]
+        try:
+            self.enqueue_many(envelopes)
+        except OSError as exc:
+            # The primary keeps its entries; the next failure tries again.
+            logger.error("cannot queue fallback deliveries: %s sink=%s", exc, queue.name)
+            return
+        self._handed_over_ids.update(entry.id for entry in due)
+        self._handed_over_count += len(due)
+        counts = collections.Counter(e.destination for e in envelopes)
+        for fallback, count in counts.items():
+            logger.warning(
+                "%s failing for %.0fs, %d alarms handed to fallback sink=%s fallback=%s",
+                queue.name,
+                failing_for,
+                count,
+                queue.name,
+                fallback,
+            )
+            self._observer.handed_over(queue.name, fallback, count)
+
     # ------------------------------------------------------------------ dead letters
 
     def _dead_letter(
-        self, entry: _Entry, reason: DeadLetterReason, detail: str
+        self, entry: Entry, reason: DeadLetterReason, detail: str
     ) -> None:
-        record = entry.to_record()
-        record.update(reason=reason.value, detail=detail, dead_at=self._now())
-        path = self._dead_dir / f"{entry.id}.dead"
         try:
-            _write_synced(path, msgpack.packb(record, use_bin_type=True))
-            _fsync_folder(self._dead_dir)
+            self._dead.write(entry, reason, detail)
         except OSError as exc:
             # The entry file stays in pending/, so the next start tries again.
             logger.error(
@@ -838,7 +855,6 @@ class Outbox:
                 entry.key,
             )
             return
-        self._dead_ids.add(entry.id)
         self._remove_pending(entry)
         self._dead_count += 1
         logger.error(
@@ -853,19 +869,8 @@ class Outbox:
 
     def _dead_letter_file(self, path: Path, detail: str) -> None:
         """Move an unreadable entry file to the dead letters, keeping its bytes."""
-        reason = DeadLetterReason.CORRUPT_ENTRY
-        target = self._dead_dir / f"corrupt-{path.name}-{secrets.token_hex(4)}.dead"
         try:
-            raw = path.read_bytes()
-            record = {
-                "reason": reason.value,
-                "detail": detail,
-                "dead_at": self._now(),
-                "file": path.name,
-                "raw": raw,
-            }
-            _write_synced(target, msgpack.packb(record, use_bin_type=True))
-            _fsync_folder(self._dead_dir)
+            self._dead.write_unreadable(path, detail)
             path.unlink()
         except OSError as exc:
             logger.error(
@@ -876,26 +881,14 @@ class Outbox:
         logger.error(
             "unreadable outbox entry %s moved to dead letters: %s", path.name, detail
         )
-        self._observer.dead_lettered("", reason.value)
+        self._observer.dead_lettered("", DeadLetterReason.CORRUPT_ENTRY.value)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Read the dead letters on disk, oldest first.
 
         Files that cannot be read are skipped with a warning.
         """
-        letters = []
-        for name in sorted(os.listdir(self._dead_dir)):
-            if name.startswith(".") or not name.endswith(".dead"):
-                continue
-            path = self._dead_dir / name
-            try:
-                record = msgpack.unpackb(path.read_bytes(), raw=False)
-                letters.append(_dead_letter_from_record(path, record))
-            except (OSError, LookupError, ValueError, TypeError) as exc:
-                # msgpack's errors are ValueErrors, and a missing field a KeyError.
-                logger.warning("cannot read dead letter %s: %s", path, exc)
-        letters.sort(key=lambda letter: letter.dead_at)
-        return letters
+        return self._dead.read_all()
 
     # ------------------------------------------------------------------ upkeep
 
@@ -906,43 +899,40 @@ class Outbox:
 
     def _prune_delivered(self) -> None:
         cutoff = self._now() - self._delivered_retention
-        for entry_id, delivered_at in list(self._delivered_at.items()):
+        for delivered_id, delivered_at in list(self._delivered_at.items()):
             if delivered_at >= cutoff:
                 continue
             try:
-                (self._delivered_dir / entry_id).unlink(missing_ok=True)
+                (self._delivered_dir / delivered_id).unlink(missing_ok=True)
             except OSError as exc:
-                logger.warning("cannot remove delivered marker %s: %s", entry_id, exc)
+                logger.warning(
+                    "cannot remove delivered marker %s: %s", delivered_id, exc
+                )
                 continue
-            del self._delivered_at[entry_id]
+            del self._delivered_at[delivered_id]
 
     def statistics(self) -> OutboxStatistics:
         """Return the pending counts and the counters since the outbox was created."""
+        now = self._now()
         queues = self._queues.values()
         created = [entry.created_at for queue in queues for entry in queue.entries]
-        oldest_age = self._now() - min(created) if created else 0.0
+        oldest_age = now - min(created) if created else 0.0
         return OutboxStatistics(
             pending={name: len(q.entries) for name, q in self._queues.items()},
             oldest_pending_age=oldest_age,
             delivered=self._delivered_count,
             retried=self._retried_count,
             dead_lettered=self._dead_count,
+            handed_over=self._handed_over_count,
+            dead_letters=self._dead.counts(),
+            failing_for={
+                q.name: now - q.failed_since
+                for q in queues
+                if q.failed_since is not None
+            },
         )
 
 
-def _dead_letter_from_record(path: Path, record: Any) -> DeadLetter:
-    if not isinstance(record, dict):
-        raise TypeError(f"dead letter is a {type(record).__name__}, expected a map")
-    return DeadLetter(
-        path=path,
-        reason=str(record["reason"]),
-        detail=str(record["detail"]),
-        dead_at=float(record["dead_at"]),
-        key=record.get("key"),
-        destination=record.get("destination"),
-        frame=record.get("frame"),
-        created_at=record.get("created_at"),
-        attempts=int(record.get("attempts", 0)),
-        last_error=record.get("last_error"),
-        raw=record.get("raw"),
-    )
+def _keys_text(entries: Sequence[Entry]) -> str:
+    # One key as it is; a batch as its keys joined, so that grep finds each.
+    return ",".join(entry.key for entry in entries)

@@ -2,7 +2,7 @@
 
 Run it directly; pytest does not collect it::
 
-    python tests/bench_outbox.py [--alarms 2000] [--batch 100] [--runs 5] [--dir PATH]
+    python bench/bench_outbox.py [--alarms 2000] [--batch 100] [--runs 5] [--dir PATH]
 
 Each run enqueues the same signed alarms into a fresh outbox folder, and the
 script prints the median over the runs in alarms per second. Every enqueue fsyncs

@@ -29,14 +29,16 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from sinks.config import open_sink
+from sinks.dispatch import Dispatcher, SinkDestination
 from sinks.outbox import Outbox
+from sinks.routing import Router
 from storage import open_archive
 from storage.archive import public_key_key
 from storage.destination import ArchiveDestination
 
 from .alarm import Alarm, Severity, SignedAlarm, Status, open_alarm, seal_alarm
 from .config import AgentConfig
-from .delivery import MetricsObserver, SinkDestination
+from .delivery import MetricsObserver
 from .errors import Reason, RejectedMessage
 from .http_api import FRAME_CONTENT_TYPE, create_app
 from .incidents import Decision, Report
@@ -88,8 +90,8 @@ class Agent:
         # Created in run(), where trio's clock exists.
         self.node: Node | None = None
         self._outbox: Outbox | None = None
-        # Outbox destinations: "archive" and every sink, by name.
-        self._destination_names: list[str] = []
+        # Routes each reported alarm into the outbox; created with it.
+        self._dispatcher: Dispatcher | None = None
         # Set by request_stop(); run() then leaves gracefully and returns.
         self._stop = trio.Event()
         # Set when an inbound message may have changed the core's deadlines.
@@ -139,19 +141,30 @@ class Agent:
             for sink_config in config.sinks:
                 sink = open_sink(sink_config, signing_key=self._key, signer=config.name)
                 destinations[sink.name] = SinkDestination(sink, client)
-            self._destination_names = list(destinations)
             self._outbox = Outbox(
                 config.data_dir / "outbox",
                 destinations,
                 decode=lambda frame: open_alarm(frame, self.keyring),
                 now=self._wall_clock,
                 observer=MetricsObserver(self.metrics),
+                policy=config.outbox_policy,
+                dead_letter_archive=archive,
+            )
+            router = config.routing or Router.broadcast(s.name for s in config.sinks)
+            incidents = self.node.incidents
+            self._dispatcher = Dispatcher(
+                router,
+                self._outbox,
+                is_open=lambda incident: getattr(
+                    incidents.get(incident), "status", None
+                ) == "firing",
             )
             await self._publish_public_key(archive)
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._serve_http)
                 await nursery.start(self._outbox.run)
+                await nursery.start(self._dispatcher.run)
                 for _ in range(SENDER_TASKS):
                     nursery.start_soon(self._sender, client)
                 nursery.start_soon(self._reporter)
@@ -438,23 +451,21 @@ class Agent:
         )
 
     async def _report(self, report: Report) -> None:
-        assert self.node is not None and self._outbox is not None
+        assert self.node is not None and self._dispatcher is not None
         signed: SignedAlarm = seal_alarm(self._key, self._build_alarm(report))
-        items = [
-            (f"{report.incident}/{report.status}/{destination}", destination, signed.frame)
-            for destination in self._destination_names
-        ]
-        # Durable before anything is sent, and before the record tells the
-        # other ranks that they need not report. The write and its fsync block
-        # the event loop for a few milliseconds, once per alarm.
-        self._outbox.enqueue_many(items)
+        # The route picks the receivers. The entries are durable before
+        # anything is sent, and before the record tells the other ranks that
+        # they need not report. The write and its fsync block the event loop
+        # for a few milliseconds, once per alarm.
+        decision = self._dispatcher.submit(signed)
         self.metrics.alarms_reported.labels(report.status).inc()
         logger.info(
-            "reporting incident=%s status=%s rank=%d destinations=%d",
+            "reporting incident=%s status=%s rank=%d route=%s receivers=%s",
             report.incident,
             report.status,
             report.rank,
-            len(items),
+            decision.route.name,
+            ",".join(decision.receivers) or "-",
         )
         self._dispatch(self.node.confirm_report(report, signed.alarm.sent_at))
 

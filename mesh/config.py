@@ -22,6 +22,8 @@ import yaml
 
 from sinks.config import SinkConfig, parse_sink_config
 from sinks.errors import SinkConfigError
+from sinks.retry import RetryPolicy
+from sinks.routing import Router, parse_duration, parse_routing
 
 from .errors import ConfigError, KeyFileError
 from .keys import VerifyKey, parse_public_key
@@ -45,7 +47,13 @@ KNOWN_KEYS = {
     "data_dir",
     "archive",
     "sinks",
+    "routes",
+    "projects",
+    "outbox",
 }
+
+# Keys of ``outbox``: the RetryPolicy fields, as durations.
+OUTBOX_KEYS = ("initial_delay", "max_delay", "max_age", "attempt_timeout")
 
 # Profile values that the ``timing`` key may override, in seconds or counts.
 TIMING_KEYS = {
@@ -85,6 +93,11 @@ class AgentConfig:
     # Archive location: a folder path.
     archive: str
     sinks: tuple[SinkConfig, ...]
+
+    # Which sinks each alarm goes to; None sends every alarm to every sink.
+    routing: Router | None = None
+    # Retry delays, attempt deadline and maximum age of outbox deliveries.
+    outbox_policy: RetryPolicy = RetryPolicy()
 
 
 def parse_address(key: str, value: Any) -> str:
@@ -201,6 +214,41 @@ def _parse_sinks(raw: Any, environ: Mapping[str, str]) -> tuple[SinkConfig, ...]
     return tuple(sinks)
 
 
+def _parse_routing(raw: Mapping[str, Any], sinks: tuple[SinkConfig, ...]) -> Router:
+    try:
+        return parse_routing(
+            raw.get("routes"), raw.get("projects"), [sink.name for sink in sinks]
+        )
+    except SinkConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _parse_outbox(raw: Any) -> RetryPolicy:
+    if raw is None:
+        return RetryPolicy()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"outbox: invalid value {raw!r}, expected a mapping with keys "
+            f"{', '.join(OUTBOX_KEYS)}"
+        )
+    values = {}
+    for key, value in raw.items():
+        if key not in OUTBOX_KEYS:
+            raise ConfigError(
+                f"outbox.{key}: unknown key, expected one of {', '.join(OUTBOX_KEYS)}"
+            )
+        try:
+            values[key] = parse_duration(value, f"outbox.{key}")
+        except SinkConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        if values[key] <= 0:
+            raise ConfigError(f"outbox.{key}: invalid value {value!r}, expected above 0")
+    try:
+        return RetryPolicy(**values)
+    except ValueError as exc:
+        raise ConfigError(f"outbox: {exc}") from None
+
+
 def parse_config(
     raw: Any, *, base: Path, environ: Mapping[str, str] | None = None
 ) -> AgentConfig:
@@ -249,6 +297,10 @@ def parse_config(
         )
     archive = str(_resolve(base, archive))
 
+    sinks = _parse_sinks(raw.get("sinks"), environ)
+    routing = _parse_routing(raw, sinks)
+    outbox_policy = _parse_outbox(raw.get("outbox"))
+
     return AgentConfig(
         name=name,
         cluster=cluster,
@@ -260,7 +312,9 @@ def parse_config(
         profile=_parse_profile(raw),
         data_dir=data_dir,
         archive=archive,
-        sinks=_parse_sinks(raw.get("sinks"), environ),
+        sinks=sinks,
+        routing=routing,
+        outbox_policy=outbox_policy,
     )
 
 

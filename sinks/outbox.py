@@ -750,7 +750,7 @@ class Outbox:
         for entry in entries:
             age = delivered_at - entry.created_at
             self._observer.delivered(queue.name, entry.attempts, age)
-            self._observer.answered(queue.name, entry.key, response)
+            _notify(self._observer, "answered", queue.name, entry.key, response)
 
     def _remove_pending(self, entry: Entry) -> None:
         path = self._pending_dir / entry.file_name
@@ -835,7 +835,7 @@ class Outbox:
                 queue.name,
                 fallback,
             )
-            self._observer.handed_over(queue.name, fallback, count)
+            _notify(self._observer, "handed_over", queue.name, fallback, count)
 
     # ------------------------------------------------------------------ dead letters
 
@@ -931,6 +931,14 @@ class Outbox:
                 if q.failed_since is not None
             },
         )
+
+
+def _notify(observer: object, hook: str, *args: object) -> None:
+    # Hooks added after the first three are optional, so that an observer
+    # written against the first version keeps working.
+    method = getattr(observer, hook, None)
+    if method is not None:
+        method(*args)
 
 
 def _keys_text(entries: Sequence[Entry]) -> str:

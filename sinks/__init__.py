@@ -1,4 +1,5 @@
-"""Receivers of alarms ("sinks"): a signed JSON webhook, Slack, and standard output.
+"""Receivers of alarms ("sinks"): a signed JSON webhook, Slack, Telegram, Discord,
+Google Chat, Teams and standard output; routing; and the durable outbox.
 
 Build sinks from the ``sinks`` list of the configuration file with
 :func:`parse_sink_configs` and :func:`open_sink`, then call ``send`` once per
@@ -9,6 +10,7 @@ from .base import Sink
 from .config import (
     SINK_TYPES,
     SinkConfig,
+    config_secrets,
     open_sink,
     parse_sink_config,
     parse_sink_configs,
@@ -17,7 +19,12 @@ from .errors import SinkConfigError, SinkError, SinkPermanentError, SinkRetryabl
 from .http import USER_AGENT, classify_response, parse_retry_after
 from .log import LogConfig, LogSink
 from .secret import RedactSecrets, Secret, resolve_secret
+from .discord import DiscordConfig, DiscordSink
+from .googlechat import GoogleChatConfig, GoogleChatSink
+from .routing import Route, RouteDecision, Router, parse_routing, subject_host
 from .slack import SlackConfig, SlackSink, render_message
+from .teams import TeamsConfig, TeamsSink
+from .telegram import TelegramConfig, TelegramSink
 from .webhook import WebhookConfig, WebhookSink
 
 __all__ = [
@@ -44,4 +51,18 @@ __all__ = [
     "render_message",
     "LogConfig",
     "LogSink",
+    "TelegramConfig",
+    "TelegramSink",
+    "DiscordConfig",
+    "DiscordSink",
+    "GoogleChatConfig",
+    "GoogleChatSink",
+    "TeamsConfig",
+    "TeamsSink",
+    "config_secrets",
+    "Route",
+    "RouteDecision",
+    "Router",
+    "parse_routing",
+    "subject_host",
 ]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from typing import Protocol, runtime_checkable
 
 import httpx
 
 from mesh.alarm import SignedAlarm
 
+from .errors import SinkConfigError
 from .secret import Secret
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "check_sink_name",
     "check_timeout",
     "validate_http_sink_fields",
+    "check_url",
 ]
 
 # Restricted to characters that need no quoting, so that a sink name can be used
@@ -97,3 +100,28 @@ def validate_http_sink_fields(name: object, url: object, timeout: object) -> Non
     problem = check_timeout(timeout)
     if problem is not None:
         raise ValueError(f"invalid timeout {timeout!r}, {problem}")
+
+
+def check_url(url: Secret) -> Secret:
+    """Return ``url`` if it is an http or https URL with a host.
+
+    Raises:
+        SinkConfigError: it is not; the message names the key the URL came
+            from and quotes the scheme at most.
+    """
+    # Messages quote the scheme at most: the rest of the URL can be the credential.
+    expected = "expected an http or https URL such as https://host/path"
+    try:
+        parts = urllib.parse.urlsplit(url.reveal())
+        httpx.URL(url.reveal())
+    except (ValueError, httpx.InvalidURL):
+        raise SinkConfigError(f"{url.source}: invalid URL, {expected}") from None
+    if not parts.scheme:
+        raise SinkConfigError(f"{url.source}: missing scheme, {expected}")
+    if parts.scheme not in ("http", "https"):
+        raise SinkConfigError(
+            f"{url.source}: invalid scheme {parts.scheme!r}, expected http or https"
+        )
+    if not parts.hostname:
+        raise SinkConfigError(f"{url.source}: missing host, {expected}")
+    return url

@@ -15,19 +15,23 @@ Each entry is a mapping with a ``name``, a ``type`` and the keys of that type::
 
 from __future__ import annotations
 
-import urllib.parse
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
 
 from mesh.keys import SigningKey
 
-from .base import Sink, check_sink_name, check_timeout
+from .base import Sink, check_sink_name, check_timeout, check_url
 from .errors import SinkConfigError
+from . import discord, googlechat, slack, teams, telegram
+from .discord import DiscordConfig, DiscordSink
+from .googlechat import GoogleChatConfig, GoogleChatSink
 from .log import LogConfig, LogSink
 from .secret import Secret, resolve_secret
 from .slack import SlackConfig, SlackSink
+from .teams import TeamsConfig, TeamsSink
+from .telegram import TelegramConfig, TelegramSink
 from .webhook import WebhookConfig, WebhookSink
 
 __all__ = [
@@ -36,14 +40,47 @@ __all__ = [
     "parse_sink_config",
     "parse_sink_configs",
     "open_sink",
+    "config_secrets",
 ]
 
-SinkConfig = WebhookConfig | SlackConfig | LogConfig
+SinkConfig = (
+    WebhookConfig
+    | SlackConfig
+    | TelegramConfig
+    | DiscordConfig
+    | GoogleChatConfig
+    | TeamsConfig
+    | LogConfig
+)
 
-SINK_TYPES = ("webhook", "slack", "log")
+SINK_TYPES = ("webhook", "slack", "telegram", "discord", "googlechat", "teams", "log")
 
 _HTTP_KEYS = ("name", "type", "url", "url_env", "url_file", "timeout")
-_ALLOWED_KEYS = {"webhook": _HTTP_KEYS, "slack": _HTTP_KEYS, "log": ("name", "type")}
+_ALLOWED_KEYS = {
+    "webhook": _HTTP_KEYS,
+    "slack": slack.KEYS,
+    "telegram": telegram.KEYS,
+    "discord": discord.KEYS,
+    "googlechat": googlechat.KEYS,
+    "teams": teams.KEYS,
+    "log": ("name", "type"),
+}
+# The chat receivers, whose config classes read their own keys.
+_CHAT_CONFIGS = {
+    "slack": SlackConfig,
+    "telegram": TelegramConfig,
+    "discord": DiscordConfig,
+    "googlechat": GoogleChatConfig,
+    "teams": TeamsConfig,
+}
+# Config class to sink class of the chat receivers.
+_CHAT_SINKS = {
+    SlackConfig: SlackSink,
+    TelegramConfig: TelegramSink,
+    DiscordConfig: DiscordSink,
+    GoogleChatConfig: GoogleChatSink,
+    TeamsConfig: TeamsSink,
+}
 
 
 def parse_sink_config(index: int, raw: Any, environ: Mapping[str, str]) -> SinkConfig:
@@ -81,8 +118,10 @@ def parse_sink_config(index: int, raw: Any, environ: Mapping[str, str]) -> SinkC
     name = _parse_name(raw, where)
     if sink_type == "log":
         return LogConfig(name=name)
+    if sink_type in _CHAT_CONFIGS:
+        return _CHAT_CONFIGS[sink_type].parse(raw, where, environ, name)
 
-    options: dict[str, Any] = {"name": name, "url": _parse_url(raw, where, environ)}
+    options: dict[str, Any] = {"name": name, "url": check_url(resolve_secret(raw, "url", where, environ))}
     if "timeout" in raw:
         timeout = raw["timeout"]
         problem = check_timeout(timeout)
@@ -92,9 +131,7 @@ def parse_sink_config(index: int, raw: Any, environ: Mapping[str, str]) -> SinkC
             )
         options["timeout"] = float(timeout)
 
-    if sink_type == "webhook":
-        return WebhookConfig(**options)
-    return SlackConfig(**options)
+    return WebhookConfig(**options)
 
 
 def parse_sink_configs(raw: Any, environ: Mapping[str, str]) -> tuple[SinkConfig, ...]:
@@ -143,28 +180,6 @@ def _parse_name(raw: Mapping[str, Any], where: str) -> str:
     return name
 
 
-def _parse_url(
-    raw: Mapping[str, Any], where: str, environ: Mapping[str, str]
-) -> Secret:
-    url = resolve_secret(raw, "url", where, environ)
-    # Messages quote the scheme at most: the rest of the URL can be the credential.
-    expected = "expected an http or https URL such as https://host/path"
-    try:
-        parts = urllib.parse.urlsplit(url.reveal())
-        httpx.URL(url.reveal())
-    except (ValueError, httpx.InvalidURL):
-        raise SinkConfigError(f"{url.source}: invalid URL, {expected}") from None
-    if not parts.scheme:
-        raise SinkConfigError(f"{url.source}: missing scheme, {expected}")
-    if parts.scheme not in ("http", "https"):
-        raise SinkConfigError(
-            f"{url.source}: invalid scheme {parts.scheme!r}, expected http or https"
-        )
-    if not parts.hostname:
-        raise SinkConfigError(f"{url.source}: missing host, {expected}")
-    return url
-
-
 def open_sink(config: SinkConfig, *, signing_key: SigningKey, signer: str) -> Sink:
     """Build the sink that ``config`` describes.
 
@@ -174,8 +189,19 @@ def open_sink(config: SinkConfig, *, signing_key: SigningKey, signer: str) -> Si
     """
     if isinstance(config, WebhookConfig):
         return WebhookSink(config, signing_key=signing_key, signer=signer)
-    if isinstance(config, SlackConfig):
-        return SlackSink(config)
+    chat_sink = _CHAT_SINKS.get(type(config))
+    if chat_sink is not None:
+        return chat_sink(config)
     if isinstance(config, LogConfig):
         return LogSink(config)
     raise TypeError(f"unsupported sink config type {type(config).__name__}")
+
+
+def config_secrets(configs: Iterable[SinkConfig]) -> list[Secret]:
+    """Return every secret of ``configs``, for :class:`~sinks.secret.RedactSecrets`."""
+    return [
+        value
+        for config in configs
+        for value in (getattr(config, field.name) for field in dataclasses.fields(config))
+        if isinstance(value, Secret)
+    ]

@@ -22,9 +22,11 @@ import dataclasses
 import datetime
 import email.utils
 import importlib.metadata
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 import trio
@@ -39,6 +41,7 @@ __all__ = [
     "classify_response",
     "parse_retry_after",
     "body_excerpt",
+    "parse_json",
 ]
 
 
@@ -80,6 +83,7 @@ async def post_alarm(
     headers: Mapping[str, str],
     timeout: float,
     now: Callable[[], float] = time.time,
+    classify: Callable[..., str] | None = None,
 ) -> Delivery:
     """POST ``content`` to ``url`` and classify the response.
 
@@ -89,6 +93,9 @@ async def post_alarm(
     Args:
         now: wall clock in Unix seconds, used to turn an HTTP-date
             ``Retry-After`` into a delay.
+        classify: reads the response, with the signature of
+            :func:`classify_response` (the default); a receiver that puts its
+            wait hint in the body, such as Telegram, passes its own.
 
     Returns:
         The status, the description from :func:`classify_response`, and the
@@ -135,7 +142,8 @@ async def post_alarm(
             f"sink {sink!r}: {type(exc).__name__}: {detail}"
         ) from exc
 
-    description = classify_response(response, sink=sink, body=body, now=now)
+    classify = classify or classify_response
+    description = classify(response, sink=sink, body=body, now=now)
     return Delivery(response.status_code, description, body)
 
 
@@ -250,3 +258,11 @@ def body_excerpt(body: bytes, url: str | None) -> str:
     if len(text) > BODY_EXCERPT_CHARS:
         text = text[:BODY_EXCERPT_CHARS] + "…"
     return text
+
+
+def parse_json(body: bytes) -> Any:
+    """Return the JSON value of ``body``, or None when it is not JSON."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None

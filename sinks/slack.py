@@ -1,12 +1,15 @@
-"""The Slack sink: one message per alarm through an incoming webhook.
+"""The Slack sink: alarms through an incoming webhook or chat.postMessage.
 
 The message is Block Kit (a header, the summary, and a section of fields) with
 a plain ``text`` fallback for notifications. User-supplied strings are escaped
 for mrkdwn and cut to Slack's documented limits; a cut is logged as a warning.
 
 Slack incoming webhooks respond with HTTP 200 and the body ``ok`` on success.
-They take no idempotency key, so a retry after a lost response can post the
-message twice.
+With a bot token the sink calls ``chat.postMessage``, which answers 200 with
+``{"ok": true, "ts": …}``, or 200 with ``{"ok": false, "error": …}`` when it
+refuses. Neither takes an idempotency key, so a retry after a lost response can
+post the message twice. Several alarms of one group go out as one message: a
+header and a section per alarm.
 """
 
 from __future__ import annotations
@@ -14,19 +17,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
-import unicodedata
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
+from mesh.alarm import Alarm, Severity, Status, format_time
 
-from mesh.alarm import Alarm, Severity, SignedAlarm, Status, format_time
-
-from .base import validate_http_sink_fields
-from .errors import SinkPermanentError
-from .http import USER_AGENT, body_excerpt, post_alarm
-from .secret import Secret
+from ._chat import (
+    CHAT_KEYS,
+    ChatSink,
+    Links,
+    Rendered,
+    cut,
+    fit,
+    group_title,
+    parse_chat_options,
+    status_title,
+)
+from ._text import ELLIPSIS, truncate
+from .base import check_url, validate_http_sink_fields
+from .errors import SinkConfigError, SinkPermanentError, SinkRetryableError
+from .http import Delivery, parse_json
+from .secret import Secret, resolve_secret
 
 __all__ = [
     "SlackConfig",
@@ -35,6 +46,7 @@ __all__ = [
     "render_message",
     "escape_mrkdwn",
     "truncate",
+    "ELLIPSIS",
     "MAX_TEXT_CHARS",
     "MAX_BLOCKS",
     "MAX_SECTION_TEXT_CHARS",
@@ -68,7 +80,33 @@ MAX_HEADER_CHARS = 150
 
 DEFAULT_TIMEOUT = 10.0
 
-ELLIPSIS = "…"
+SLACK_API_URL = "https://slack.com/api/chat.postMessage"
+
+# Characters across all blocks that stay clear of the undocumented
+# msg_blocks_too_long error (reported at about 13,200).
+MAX_BLOCKS_CHARS = 12_000
+
+# chat.postMessage errors that Slack describes as transient; every other error
+# (invalid_auth, channel_not_found, not_in_channel, …) is permanent.
+TRANSIENT_API_ERRORS = {
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+    "ratelimited",
+}
+
+KEYS = (
+    *CHAT_KEYS,
+    "url",
+    "url_env",
+    "url_file",
+    "token",
+    "token_env",
+    "token_file",
+    "channel",
+    "api_url",
+)
 
 RESOLVED_EMOJI = ":white_check_mark:"
 FIRING_EMOJI = {
@@ -80,19 +118,71 @@ FIRING_EMOJI = {
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SlackConfig:
-    """A Slack incoming webhook to post alarms to."""
+    """A Slack channel: through an incoming webhook, or a bot token.
+
+    Set ``url`` for an incoming webhook, or ``token`` and ``channel`` for
+    chat.postMessage; not both.
+    """
 
     # Sink name, unique within the agent and used in logs and errors.
     name: str
     # Incoming webhook URL, https://hooks.slack.com/services/T…/B…/…. The URL
     # is the credential, so it is kept secret.
-    url: Secret
+    url: Secret | None = None
+    # Bot token, xoxb-…, for chat.postMessage; the credential.
+    token: Secret | None = None
+    # Channel id (C…) or name that the bot posts to; it must be a member.
+    channel: str | None = None
+    # chat.postMessage endpoint: Slack's, or a test stand-in.
+    api_url: Secret = Secret(SLACK_API_URL)
     # Deadline in seconds for one attempt. A longer deadline waits out a slow
     # response but holds up the sink's queue.
     timeout: float = DEFAULT_TIMEOUT
+    links: Links = Links()
 
     def __post_init__(self) -> None:
-        validate_http_sink_fields(self.name, self.url, self.timeout)
+        if (self.url is None) == (self.token is None):
+            raise ValueError("expected exactly one of url and token")
+        if self.token is not None and not self.channel:
+            raise ValueError("a bot token needs a channel")
+        url = self.url if self.url is not None else self.api_url
+        validate_http_sink_fields(self.name, url, self.timeout)
+
+    @classmethod
+    def parse(
+        cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str
+    ) -> SlackConfig:
+        options = parse_chat_options(raw, where)
+        token_keys = [k for k in ("token", "token_env", "token_file") if k in raw]
+        url_keys = [k for k in ("url", "url_env", "url_file") if k in raw]
+        if token_keys and url_keys:
+            raise SinkConfigError(
+                f"{where}: {url_keys[0]} and {token_keys[0]} are both set, expected "
+                "url for an incoming webhook or token and channel for a bot"
+            )
+        if not token_keys:
+            for key in ("channel", "api_url"):
+                if key in raw:
+                    raise SinkConfigError(
+                        f"{where}.{key}: only for a bot token, expected token with it"
+                    )
+            url = check_url(resolve_secret(raw, "url", where, environ))
+            return cls(name=name, url=url, **options)
+
+        token = resolve_secret(raw, "token", where, environ)
+        if not token.reveal().startswith(("xoxb-", "xoxp-")):
+            raise SinkConfigError(
+                f"{token.source}: invalid token, expected a bot token (xoxb-…)"
+            )
+        channel = raw.get("channel")
+        if not isinstance(channel, str) or not channel.strip():
+            raise SinkConfigError(
+                f"{where}.channel: invalid value {channel!r}, expected a channel id "
+                "such as C0123456789"
+            )
+        if "api_url" in raw:
+            options["api_url"] = check_url(resolve_secret(raw, "api_url", where, environ))
+        return cls(name=name, token=token, channel=channel.strip(), **options)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,79 +204,6 @@ def escape_mrkdwn(text: str) -> str:
     channel or hide text.
     """
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def truncate(text: str, limit: int, *, escaped: bool = False) -> tuple[str, bool]:
-    """Cut ``text`` to at most ``limit`` characters, ending in an ellipsis.
-
-    The cut never falls inside a user-perceived character: a combining mark,
-    an emoji modifier or a joined emoji sequence stays with its base or goes
-    with it, and so does the second half of a flag. With ``escaped``, the cut
-    never falls inside an ``&amp;``, ``&lt;`` or ``&gt;`` entity either.
-
-    Returns:
-        The text, cut or not, and whether it was cut.
-    """
-    if len(text) <= limit:
-        return text, False
-    cut = limit - len(ELLIPSIS)
-    while True:
-        moved = _cluster_start(text, cut)
-        if escaped:
-            moved = _entity_start(text, moved)
-        if moved == cut:
-            break
-        cut = moved
-    return text[:cut] + ELLIPSIS, True
-
-
-def _extends_previous(char: str) -> bool:
-    """Return whether ``char`` is displayed as part of the character before it."""
-    code = ord(char)
-    return (
-        unicodedata.category(char) in ("Mn", "Mc", "Me")
-        or code == 0x200D  # zero width joiner
-        or 0xFE00 <= code <= 0xFE0F  # variation selectors
-        or 0x1F3FB <= code <= 0x1F3FF  # emoji skin tone modifiers
-        or 0xE0020 <= code <= 0xE007F  # tags, as in subdivision flags
-        or 0xE0100 <= code <= 0xE01EF  # variation selectors supplement
-    )
-
-
-def _is_regional_indicator(char: str) -> bool:
-    return 0x1F1E6 <= ord(char) <= 0x1F1FF
-
-
-def _cluster_start(text: str, index: int) -> int:
-    """Move ``index`` back to the start of the user-perceived character it falls in.
-
-    This covers combining marks, emoji sequences and flags, not every rule of
-    Unicode text segmentation (UAX #29), which the standard library lacks.
-    """
-    while 0 < index < len(text):
-        if _extends_previous(text[index]) or text[index - 1] == "\u200d":
-            index -= 1
-            continue
-        if _is_regional_indicator(text[index]):
-            # Flags are pairs of regional indicators, so an odd run before the
-            # index means that text[index] is the second half of a pair.
-            run = 0
-            while run < index and _is_regional_indicator(text[index - run - 1]):
-                run += 1
-            if run % 2 == 1:
-                index -= 1
-                continue
-        break
-    return index
-
-
-def _entity_start(text: str, index: int) -> int:
-    """Move ``index`` back to the ``&`` of an entity that it would split."""
-    # "&amp;", 5 characters, is the longest entity that escape_mrkdwn writes.
-    ampersand = text.rfind("&", max(0, index - 4), index)
-    if ampersand != -1 and ";" not in text[ampersand:index]:
-        return ampersand
-    return index
 
 
 def render_message(alarm: Alarm) -> SlackMessage:
@@ -250,60 +267,103 @@ def render_message(alarm: Alarm) -> SlackMessage:
     return SlackMessage({"text": text, "blocks": blocks}, tuple(truncated))
 
 
-class SlackSink:
-    """Posts each alarm to a Slack channel through an incoming webhook."""
-
-    def __init__(
-        self, config: SlackConfig, *, now: Callable[[], float] = time.time
-    ) -> None:
-        self.config = config
-        self.name = config.name
-        # Wall clock, for HTTP-date Retry-After values.
-        self._now = now
-
-    def __repr__(self) -> str:
-        return f"SlackSink(name={self.name!r})"
-
-    async def send(
-        self,
-        signed: SignedAlarm,
-        *,
-        client: httpx.AsyncClient,
-        idempotency_key: str,
-    ) -> str:
-        alarm = signed.alarm
-        message = render_message(alarm)
-        if message.truncated:
-            logger.warning(
-                "slack message truncated to fit documented limits: %s "
-                "sink=%s incident=%s",
-                ", ".join(message.truncated),
-                self.name,
-                alarm.incident,
-            )
-        body = json.dumps(
-            message.payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode("utf-8")
-        headers = {
-            "Content-Type": "application/json; charset=utf-8",
-            "User-Agent": USER_AGENT,
+def _link_elements(alarm: Alarm, links: Links) -> list[dict[str, Any]]:
+    # "|" and ">" would end Slack's <url|label> early.
+    return [
+        {
+            "type": "mrkdwn",
+            "text": f"<{url.replace('|', '%7C').replace('>', '%3E')}|{label}>",
         }
-        delivery = await post_alarm(
-            client,
-            self.config.url,
-            sink=self.name,
-            content=body,
-            headers=headers,
-            timeout=self.config.timeout,
-            now=self._now,
-        )
+        for label, url in links.render(alarm)
+    ]
+
+
+def render_group(alarms: Sequence[Alarm], links: Links = Links()) -> Rendered:
+    """Render several alarms as one message: a header and a section each."""
+
+    def build(shown: Sequence[Alarm], summary_chars: int) -> dict[str, Any]:
+        title = group_title(alarms)
+        if len(shown) < len(alarms):
+            title += f" (showing {len(shown)})"
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": title}}
+        ]
+        for alarm in shown:
+            emoji = RESOLVED_EMOJI if alarm.status is Status.RESOLVED else FIRING_EMOJI[alarm.severity]
+            summary = truncate(escape_mrkdwn(alarm.summary), summary_chars, escaped=True)[0]
+            text = (
+                f"{emoji} *{status_title(alarm)}*: {escape_mrkdwn(cut(alarm.subject))}\n"
+                f"cluster {escape_mrkdwn(cut(alarm.cluster))} · since "
+                f"{format_time(alarm.started_at)}\n{summary}"
+            )
+            text = truncate(text, MAX_SECTION_TEXT_CHARS, escaped=True)[0]
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+            elements = _link_elements(alarm, links)
+            if elements:
+                blocks.append({"type": "context", "elements": elements})
+        return {"text": escape_mrkdwn(title), "blocks": blocks}
+
+    def size(payload: dict[str, Any]) -> float:
+        chars = len(json.dumps(payload["blocks"], ensure_ascii=False))
+        return max(len(payload["blocks"]) / MAX_BLOCKS, chars / MAX_BLOCKS_CHARS)
+
+    return fit(build, size, alarms)
+
+
+class SlackSink(ChatSink):
+    """Posts alarms to a Slack channel through a webhook or chat.postMessage."""
+
+    kind = "slack"
+    max_group = 20
+
+    def url(self, idempotency_key: str) -> Secret:
+        config = self.config
+        return config.url if config.url is not None else config.api_url
+
+    def headers(self, idempotency_key: str) -> dict[str, str]:
+        headers = super().headers(idempotency_key)
+        if self.config.token is not None:
+            headers["Authorization"] = f"Bearer {self.config.token.reveal()}"
+        return headers
+
+    def render(self, alarms: Sequence[Alarm]) -> Rendered:
+        if len(alarms) == 1:
+            message = render_message(alarms[0])
+            payload = message.payload
+            elements = _link_elements(alarms[0], self.config.links)
+            if elements:
+                payload["blocks"].append({"type": "context", "elements": elements})
+            rendered = Rendered(payload, message.truncated)
+        else:
+            rendered = render_group(alarms, self.config.links)
+        if self.config.channel is not None:
+            rendered.payload["channel"] = self.config.channel
+        return rendered
+
+    def check_answer(self, delivery: Delivery) -> str:
+        if self.config.token is not None:
+            return self._check_api_answer(delivery)
         # A 2xx body other than "ok" does not come from Slack but from a proxy,
         # or from a URL that is not a Slack webhook.
         if delivery.body.strip() != b"ok":
-            excerpt = body_excerpt(delivery.body, self.config.url.reveal())
             raise SinkPermanentError(
                 f"sink {self.name!r}: receiver returned {delivery.description} "
-                f"with body {excerpt!r}, expected 'ok'",
+                f"with body {self.excerpt(delivery.body)!r}, expected 'ok'",
                 status=delivery.status,
             )
         return delivery.description
+
+    def _check_api_answer(self, delivery: Delivery) -> str:
+        # chat.postMessage answers 200 with {"ok": false, "error": …} when it
+        # refuses (https://api.slack.com/methods/chat.postMessage#errors).
+        answer = parse_json(delivery.body)
+        if isinstance(answer, dict) and answer.get("ok") is True:
+            return f"{delivery.description}: ts={answer.get('ts')} channel={answer.get('channel')}"
+        error = answer.get("error") if isinstance(answer, dict) else None
+        message = (
+            f"sink {self.name!r}: chat.postMessage returned {delivery.description} "
+            f"with error {error or self.excerpt(delivery.body)!r}"
+        )
+        if error in TRANSIENT_API_ERRORS:
+            raise SinkRetryableError(message, status=delivery.status)
+        raise SinkPermanentError(message, status=delivery.status)

@@ -109,12 +109,12 @@ INVALID = [
     (
         "missing type",
         {"name": "ops"},
-        "sinks[0].type: missing, expected one of webhook, slack, log",
+        "sinks[0].type: missing, expected one of webhook, slack, telegram, discord, googlechat, teams, log",
     ),
     (
         "unknown type",
         {"name": "ops", "type": "pager"},
-        "sinks[0].type: invalid value 'pager', expected one of webhook, slack, log",
+        "sinks[0].type: invalid value 'pager', expected one of webhook, slack, telegram, discord, googlechat, teams, log",
     ),
     (
         "unknown key",

@@ -44,3 +44,34 @@ def make_signed_alarm(signing_key: SigningKey) -> Callable[..., SignedAlarm]:
         return seal_alarm(signing_key, Alarm(**fields))
 
     return make
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test advances it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def http_client() -> Any:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def assert_no_secret(secret: str, *texts: str) -> None:
+    """Fail if ``secret``, or a long piece of it, appears in any of ``texts``."""
+    pieces = {secret} | {p for p in secret.replace(":", "/").split("/") if len(p) >= 12}
+    for text in texts:
+        for piece in pieces:
+            assert piece not in text, f"secret piece {piece[:4]}… leaked"

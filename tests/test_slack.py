@@ -15,15 +15,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.alarm import Severity, SignedAlarm, Status
-from receivers import SlackWebhookReceiver, serve_receiver
+from conftest import FakeClock
+from receivers import SlackApiReceiver, SlackWebhookReceiver, serve_receiver
 from sinks import (
     Secret,
+    SinkConfigError,
     SinkPermanentError,
     SinkRetryableError,
     SlackConfig,
     SlackSink,
     render_message,
 )
+from sinks.config import parse_sink_config
 from sinks.slack import (
     ELLIPSIS,
     MAX_FIELD_CHARS,
@@ -254,16 +257,6 @@ def test_truncate_property(text: str, limit: int) -> None:
 
 
 # Against the local Slack mock
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test advances it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclasses.dataclass
@@ -501,3 +494,107 @@ async def test_slack_mock_unknown_path_is_404_no_service(slack: Setup) -> None:
 async def test_slack_mock_rejects_get(slack: Setup) -> None:
     response = await slack.client.get(slack.base_url + slack.receiver.path)
     assert response.status_code == 405
+
+
+# chat.postMessage with a bot token, against the local Web API stand-in
+
+
+def bot_sink(base_url: str, api: SlackApiReceiver, *, token: str | None = None, channel: str = "C0ALARMS01") -> SlackSink:
+    config = SlackConfig(
+        name="ops-slack-bot",
+        token=Secret(token or api.token),
+        channel=channel,
+        api_url=Secret(base_url + api.PATH),
+    )
+    return SlackSink(config)
+
+
+async def test_slack_bot_message_accepted(
+    make_signed_alarm: Callable[..., SignedAlarm], http_client: httpx.AsyncClient
+) -> None:
+    api = SlackApiReceiver()
+    async with serve_receiver(api) as base_url:
+        answer = await bot_sink(base_url, api).send(
+            make_signed_alarm(), client=http_client, idempotency_key="k1"
+        )
+
+    assert answer == "200 ok: ts=1714564800.000001 channel=C0ALARMS01"
+    [message] = api.messages
+    assert message["channel"] == "C0ALARMS01"
+    assert message["blocks"][0]["type"] == "header"
+
+
+@pytest.mark.parametrize(
+    "setup, error, kind",
+    [
+        ({"token": "xoxb-1-wrong"}, "invalid_auth", SinkPermanentError),
+        ({"channel": "C0NOTHERE1"}, "channel_not_found", SinkPermanentError),
+        ({"channel": "C0PRIVATE1"}, "not_in_channel", SinkPermanentError),
+    ],
+)
+async def test_slack_bot_refusals(
+    setup: dict[str, str],
+    error: str,
+    kind: type[Exception],
+    make_signed_alarm: Callable[..., SignedAlarm],
+    http_client: httpx.AsyncClient,
+) -> None:
+    api = SlackApiReceiver(not_member=["C0PRIVATE1"])
+    async with serve_receiver(api) as base_url:
+        with pytest.raises(kind) as caught:
+            await bot_sink(base_url, api, **setup).send(
+                make_signed_alarm(), client=http_client, idempotency_key="k1"
+            )
+    assert error in str(caught.value)
+    assert api.token not in str(caught.value)
+
+
+async def test_slack_bot_internal_error_is_retryable(
+    make_signed_alarm: Callable[..., SignedAlarm], http_client: httpx.AsyncClient
+) -> None:
+    api = SlackApiReceiver()
+    api.respond_next(200, body='{"ok": false, "error": "internal_error"}')
+    async with serve_receiver(api) as base_url:
+        with pytest.raises(SinkRetryableError, match="internal_error"):
+            await bot_sink(base_url, api).send(
+                make_signed_alarm(), client=http_client, idempotency_key="k1"
+            )
+
+
+async def test_slack_bot_rate_limit_per_channel(
+    make_signed_alarm: Callable[..., SignedAlarm], http_client: httpx.AsyncClient
+) -> None:
+    api = SlackApiReceiver(burst=1, clock=FakeClock())
+    async with serve_receiver(api) as base_url:
+        sink = bot_sink(base_url, api)
+        await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
+        with pytest.raises(SinkRetryableError) as caught:
+            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k2")
+    assert caught.value.retry_after == 1.0
+
+
+async def test_slack_group_message_accepted(
+    make_signed_alarm: Callable[..., SignedAlarm], http_client: httpx.AsyncClient
+) -> None:
+    receiver = SlackWebhookReceiver()
+    group = [make_signed_alarm(incident=f"i{n}", summary="<!channel> " * 400) for n in range(30)]
+    async with serve_receiver(receiver) as base_url:
+        await slack_sink(base_url, receiver).send_group(
+            group, client=http_client, idempotency_key="g"
+        )
+    assert receiver.rejections == []
+    [message] = receiver.messages
+    assert message["blocks"][0]["text"]["text"].startswith("30 alarms: 30 firing")
+    assert "<!channel>" not in str(message)
+
+
+def test_slack_config_webhook_or_token_not_both() -> None:
+    raw = {"name": "s", "type": "slack", "url": "https://hooks.slack.com/x", "token": "xoxb-1"}
+    with pytest.raises(SinkConfigError, match=r"sinks\[0\]: url and token are both set"):
+        parse_sink_config(0, raw, {})
+
+
+def test_slack_config_bot_needs_channel() -> None:
+    raw = {"name": "s", "type": "slack", "token_env": "T"}
+    with pytest.raises(SinkConfigError, match=r"sinks\[0\].channel: invalid value None"):
+        parse_sink_config(0, raw, {"T": "xoxb-1-2"})

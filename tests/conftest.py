@@ -7,8 +7,14 @@ from typing import Any
 
 import pytest
 
-from mesh.alarm import Alarm, Severity, SignedAlarm, Status, seal_alarm
-from mesh.keys import SigningKey
+import random
+from pathlib import Path
+
+import trio
+
+from mesh.alarm import Alarm, Severity, SignedAlarm, Status, open_alarm, seal_alarm
+from mesh.keys import Keyring, SigningKey
+from sinks.outbox import Outbox
 
 # 2024-05-01T11:58:30Z and 90 s later, as Unix seconds.
 SAMPLE_STARTED_AT = 1_714_564_710.0
@@ -75,3 +81,61 @@ def assert_no_secret(secret: str, *texts: str) -> None:
     for text in texts:
         for piece in pieces:
             assert piece not in text, f"secret piece {piece[:4]}… leaked"
+
+
+# Outbox fixtures, on trio's MockClock.
+
+# Wall-clock time at virtual time 0: 2026-12-04T16:00:00Z.
+BASE_TIME = 1_796_400_000.0
+
+
+def virtual_now() -> float:
+    return BASE_TIME + trio.current_time()
+
+
+class MaxJitter(random.Random):
+    """Always draws the upper bound, so that retry delays are exact powers of 2."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.fixture
+def keyring(signing_key: SigningKey) -> Keyring:
+    return Keyring({"seoul": signing_key.verify_key})
+
+
+@pytest.fixture
+def make_frame(signing_key: SigningKey):
+    def make(number: int) -> bytes:
+        alarm = Alarm(
+            incident=f"member-down/busan@{number}",
+            status=Status.FIRING,
+            severity=Severity.CRITICAL,
+            subject="member/busan",
+            cluster="busan",
+            reporter="seoul",
+            observers=("seoul", "tokyo"),
+            started_at=BASE_TIME,
+            sent_at=BASE_TIME + number,
+            summary=f"busan stopped answering probes ({number})",
+        )
+        return seal_alarm(signing_key, alarm).frame
+
+    return make
+
+
+@pytest.fixture
+def make_outbox(tmp_path: Path, keyring: Keyring, autojump_clock):
+    # The MockClock makes virtual_now() start at BASE_TIME in every test.
+    def make(destinations, **options) -> Outbox:
+        options.setdefault("now", virtual_now)
+        options.setdefault("rng", MaxJitter())
+        return Outbox(
+            tmp_path / "outbox",
+            {destination.name: destination for destination in destinations},
+            decode=lambda frame: open_alarm(frame, keyring),
+            **options,
+        )
+
+    return make

@@ -14,8 +14,8 @@ import msgpack
 import pytest
 import trio
 
-from mesh.alarm import Alarm, Severity, SignedAlarm, Status, open_alarm, seal_alarm
-from mesh.keys import Keyring, SigningKey
+from conftest import BASE_TIME, virtual_now
+from mesh.alarm import SignedAlarm
 from sinks.errors import SinkPermanentError, SinkRetryableError
 from sinks.outbox import (
     DeadLetterReason,
@@ -23,21 +23,6 @@ from sinks.outbox import (
     OutboxObserver,
     RetryPolicy,
 )
-
-# Wall-clock time at virtual time 0: 2026-12-04T16:00:00Z.
-BASE_TIME = 1_796_400_000.0
-
-
-def virtual_now() -> float:
-    return BASE_TIME + trio.current_time()
-
-
-class MaxJitter(random.Random):
-    """Always draws the upper bound, so that retry delays are exact powers of 2."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
 
 class ScriptedDestination:
     """Fails each key with its scripted exceptions, then accepts it.
@@ -90,52 +75,6 @@ class RecordingObserver(OutboxObserver):
 
     def dead_lettered(self, destination: str, reason: str) -> None:
         self.events.append(("dead_lettered", destination, reason))
-
-
-@pytest.fixture
-def signing_key() -> SigningKey:
-    return SigningKey.generate()
-
-
-@pytest.fixture
-def keyring(signing_key: SigningKey) -> Keyring:
-    return Keyring({"seoul": signing_key.verify_key})
-
-
-@pytest.fixture
-def make_frame(signing_key: SigningKey):
-    def make(number: int) -> bytes:
-        alarm = Alarm(
-            incident=f"member-down/busan@{number}",
-            status=Status.FIRING,
-            severity=Severity.CRITICAL,
-            subject="member/busan",
-            cluster="busan",
-            reporter="seoul",
-            observers=("seoul", "tokyo"),
-            started_at=BASE_TIME,
-            sent_at=BASE_TIME + number,
-            summary=f"busan stopped answering probes ({number})",
-        )
-        return seal_alarm(signing_key, alarm).frame
-
-    return make
-
-
-@pytest.fixture
-def make_outbox(tmp_path: Path, keyring: Keyring, autojump_clock):
-    # The MockClock makes virtual_now() start at BASE_TIME in every test.
-    def make(destinations, **options) -> Outbox:
-        options.setdefault("now", virtual_now)
-        options.setdefault("rng", MaxJitter())
-        return Outbox(
-            tmp_path / "outbox",
-            {destination.name: destination for destination in destinations},
-            decode=lambda frame: open_alarm(frame, keyring),
-            **options,
-        )
-
-    return make
 
 
 async def run_for(outbox: Outbox, seconds: float) -> None:

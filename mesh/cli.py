@@ -94,6 +94,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         return _fail(f"key_file: {exc}")
 
+    _redact_secrets(config)
     agent = Agent(config, key)
     failures: list[BaseException] = []
     try:
@@ -198,6 +199,94 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------
+# secrets, route, send-test
+# ----------------------------------------------------------------------
+
+
+def _redact_secrets(config) -> None:
+    """Mask every sink secret in log lines, whichever logger writes them."""
+    from sinks.config import config_secrets
+    from sinks.secret import RedactSecrets
+
+    redact = RedactSecrets(config_secrets(config.sinks))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from mesh.alarm import Severity
+    from sinks.routing import Router
+
+    from .config import load_config
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        return _fail(f"invalid configuration {args.config!r}: {exc}")
+    router = config.routing or Router.broadcast(s.name for s in config.sinks)
+    if args.explain is None:
+        for route in router.routes.values():
+            owners = [p.name for p in router.projects if p.route == route.name]
+            print(
+                f"route {route.name}: receivers {', '.join(route.receivers) or '-'}; "
+                f"projects {', '.join(owners) or '-'}"
+            )
+        for project in router.projects:
+            owns = [*project.domains, *(f"cluster {c}" for c in project.clusters)]
+            print(f"project {project.name} -> {project.route}: {', '.join(owns)}")
+        return 0
+    cluster = args.cluster or config.cluster
+    decision = router.decide(
+        subject=args.explain, cluster=cluster, severity=Severity(args.severity)
+    )
+    print(f"incident:  subject={args.explain} cluster={cluster} severity={args.severity}")
+    print("\n".join(decision.explain()))
+    return 0
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    from sinks.sendtest import send_test
+
+    from .config import load_config
+    from .keys import load_signing_key
+
+    try:
+        config = load_config(Path(args.config))
+        key = load_signing_key(config.key_file)
+    except ConfigError as exc:
+        return _fail(f"invalid configuration {args.config!r}: {exc}")
+    except KeyFileError as exc:
+        return _fail(f"key_file: {exc}")
+    sinks = {sink.name: sink for sink in config.sinks}
+    if args.sink not in sinks:
+        known = ", ".join(sinks) or "none"
+        return _fail(f"--sink: unknown sink {args.sink!r}, expected one of: {known}")
+    _redact_secrets(config)
+
+    def on_retry(error: str, delay: float) -> None:
+        print(f"attempt failed, retrying in {delay:.1f}s: {error}", flush=True)
+
+    print(f"sending a test alarm to {args.sink} through the outbox", flush=True)
+    result = trio.run(
+        lambda: send_test(
+            sinks[args.sink],
+            signing_key=key,
+            signer=config.name,
+            cluster=config.cluster,
+            data_dir=config.data_dir,
+            max_age=args.timeout,
+            on_retry=on_retry,
+        )
+    )
+    plural = "" if result.attempts == 1 else "s"
+    if result.delivered:
+        print(f"delivered after {result.attempts} attempt{plural}: {result.answer}")
+        return 0
+    print(f"not delivered after {result.attempts} attempt{plural}: {result.answer}")
+    return EXIT_FAILURE
+
+
+# ----------------------------------------------------------------------
 # demo
 # ----------------------------------------------------------------------
 
@@ -249,6 +338,37 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--status", choices=["firing", "resolved"], help="only this status")
     logs.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     logs.set_defaults(func=cmd_logs)
+
+    route = commands.add_parser(
+        "route", help="show the routes, or explain where an incident would go"
+    )
+    route.add_argument("--config", required=True, help="YAML configuration file")
+    route.add_argument(
+        "--explain",
+        metavar="SUBJECT",
+        help="subject of the incident, e.g. https://shop.example.com/ or member/busan",
+    )
+    route.add_argument("--cluster", help="cluster of the incident (default: the config's)")
+    route.add_argument(
+        "--severity",
+        default="critical",
+        choices=["critical", "warning", "info"],
+        help="severity of the incident (default: critical)",
+    )
+    route.set_defaults(func=cmd_route)
+
+    send_test = commands.add_parser(
+        "send-test", help="send a test alarm to one sink and print the receiver's answer"
+    )
+    send_test.add_argument("--config", required=True, help="YAML configuration file")
+    send_test.add_argument("--sink", required=True, help="name of the sink to test")
+    send_test.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds of retries before giving up (default: 120)",
+    )
+    send_test.set_defaults(func=cmd_send_test)
 
     demo = commands.add_parser("demo", help="run a 3-agent mesh on loopback and kill one")
     demo.add_argument("--base-port", type=int, help="first of 4 consecutive ports to use (default: free ports)")

@@ -38,14 +38,21 @@ from storage.destination import ArchiveDestination
 
 from .alarm import Alarm, Severity, SignedAlarm, Status, open_alarm, seal_alarm
 from .config import AgentConfig
-from .delivery import MetricsObserver
 from .errors import Reason, RejectedMessage
 from .http_api import FRAME_CONTENT_TYPE, create_app
 from .incidents import Decision, Report
 from .keys import Keyring, SigningKey, encode_public_key
 from .membership import State
-from .messages import Ping, decode_message, encode_message
-from .metrics import AgentMetrics
+from .messages import Ping, PingReq, decode_message, encode_message
+from .metrics import (
+    BAD_RECORD_SIGNATURE,
+    SEND_QUEUE_FULL,
+    SEND_REJECTED,
+    SEND_UNREACHABLE,
+    AgentMetrics,
+    MeteredArchive,
+    message_type,
+)
 from .node import Node, NodeEvents
 from .swim import Outbound
 from .wire import ReplayGuard, open_frame, seal
@@ -61,10 +68,6 @@ SENDER_TASKS = 16
 SEND_QUEUE_SIZE = 1024
 # Deadline of the leave broadcast at shutdown.
 LEAVE_TIMEOUT = 2.0
-
-
-def _message_type(message: Any) -> str:
-    return type(message).__name__.lower()
 
 
 class Agent:
@@ -137,16 +140,18 @@ class Agent:
 
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
             archive = open_archive(config.archive)
+            archive = MeteredArchive(archive, self.metrics)
             destinations = {"archive": ArchiveDestination(archive)}
             for sink_config in config.sinks:
                 sink = open_sink(sink_config, signing_key=self._key, signer=config.name)
                 destinations[sink.name] = SinkDestination(sink, client)
+            self.metrics.add_receivers(destinations)
             self._outbox = Outbox(
                 config.data_dir / "outbox",
                 destinations,
                 decode=lambda frame: open_alarm(frame, self.keyring),
                 now=self._wall_clock,
-                observer=MetricsObserver(self.metrics),
+                observer=self.metrics,
                 policy=config.outbox_policy,
                 dead_letter_archive=archive,
             )
@@ -246,7 +251,8 @@ class Agent:
             messages = [decode_message(raw) for raw in frame.payload]
         except ValueError as exc:
             raise RejectedMessage(Reason.MALFORMED, str(exc)) from None
-        self.metrics.bytes_received.inc(frame.size)
+        first = message_type(messages[0]) if messages else "none"
+        self.metrics.bytes_received.labels(first).inc(frame.size)
         return frame.sender, messages
 
     def handle_frame(self, body: bytes) -> tuple[int, bytes]:
@@ -270,7 +276,7 @@ class Agent:
         replies = []
         now = trio.current_time()
         for message in messages:
-            self.metrics.messages_received.labels(_message_type(message)).inc()
+            self.metrics.messages_received.labels(message_type(message)).inc()
             out = self.node.handle(sender, message, now)
             replies += [o for o in out if o.reply]
             self._dispatch([o for o in out if not o.reply])
@@ -291,8 +297,9 @@ class Agent:
             try:
                 self._send_in.send_nowait(item)
             except trio.WouldBlock:
-                self.metrics.send_failures.labels(_message_type(item.message)).inc()
-                logger.debug("send queue full, dropped %s to %s", _message_type(item.message), item.target)
+                kind = message_type(item.message)
+                self.metrics.send_failures.labels(kind, SEND_QUEUE_FULL).inc()
+                logger.debug("send queue full, dropped type=%s peer=%s", kind, item.target)
 
     async def _sender(self, client: httpx.AsyncClient) -> None:
         async for item in self._send_out:
@@ -300,7 +307,7 @@ class Agent:
 
     async def _post(self, client: httpx.AsyncClient, item: Outbound) -> None:
         """POST one message and handle the messages in the response."""
-        kind = _message_type(item.message)
+        kind = message_type(item.message)
         body = self._seal([item.message])
         # A ping is only useful within the probe timeout; any later ack would
         # arrive after the core has moved on.
@@ -314,13 +321,12 @@ class Agent:
             with trio.fail_after(timeout):
                 response = await client.post(url, content=body, headers=headers)
         except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
-            self.metrics.send_failures.labels(kind).inc()
+            self.metrics.send_failures.labels(kind, SEND_UNREACHABLE).inc()
             logger.debug("send failed type=%s peer=%s error=%r", kind, item.target, exc)
             return
-        self.metrics.messages_sent.labels(kind).inc()
-        self.metrics.bytes_sent.inc(len(body))
+        self.metrics.bytes_sent.labels(kind).inc(len(body))
         if response.status_code != 200:
-            self.metrics.send_failures.labels(kind).inc()
+            self.metrics.send_failures.labels(kind, SEND_REJECTED).inc()
             logger.debug(
                 "peer rejected message type=%s peer=%s status=%d body=%r",
                 kind,
@@ -329,6 +335,7 @@ class Agent:
                 response.text[:200],
             )
             return
+        self.metrics.messages_sent.labels(kind).inc()
         if not response.content:
             return
         try:
@@ -362,8 +369,19 @@ class Agent:
             self._wake = trio.Event()
             now = trio.current_time()
             if self.node.next_deadline() <= now:
-                self._dispatch(self.node.tick(now))
+                outbound = self.node.tick(now)
+                self._count_probes(outbound)
+                self._dispatch(outbound)
                 self._after_core()
+
+    def _count_probes(self, outbound: list[Outbound]) -> None:
+        # A tick sends a ping only to start a probe (a ping forwarded for a
+        # ping-req leaves from handle()), and ping-reqs only when a probe's
+        # direct ping timed out: all of them for that one probe.
+        messages = [o.message for o in outbound]
+        self.metrics.probes_sent.inc(sum(isinstance(m, Ping) for m in messages))
+        if any(isinstance(m, PingReq) for m in messages):
+            self.metrics.probes_indirect.inc()
 
     def _after_core(self) -> None:
         assert self.node is not None
@@ -378,7 +396,11 @@ class Agent:
 
     def _log_events(self, events: NodeEvents) -> None:
         for event in events.members:
-            self.metrics.member_changes.labels(event.new.label).inc()
+            self.metrics.member_changes.labels(event.name, event.new.label).inc()
+            if event.new is State.SUSPECT and event.local:
+                self.metrics.suspicions_raised.inc()
+            elif event.old is State.SUSPECT and event.new is State.ALIVE:
+                self.metrics.suspicions_refuted.inc()
             level = logging.INFO
             if event.new in (State.SUSPECT, State.DEAD):
                 level = logging.WARNING
@@ -392,7 +414,9 @@ class Agent:
                 "local" if event.local else "gossip",
             )
         for probe in events.probes:
-            self.metrics.probes.labels(probe.outcome).inc()
+            if probe.outcome == "failed":
+                self.metrics.probes_failed.inc()
+            self.metrics.probe_nacks.inc(probe.nacks)
             if probe.rtt is not None:
                 self.metrics.probe_rtt.observe(probe.rtt)
         for entry in events.incidents:
@@ -414,7 +438,7 @@ class Agent:
                     entry.decision.value,
                 )
         for reporter in events.bad_records:
-            self.metrics.rejected.labels("bad_record_signature").inc()
+            self.metrics.rejected.labels(BAD_RECORD_SIGNATURE).inc()
             logger.warning("dropped reported record with a bad signature reporter=%s", reporter)
 
     async def _reporter(self) -> None:
@@ -494,14 +518,5 @@ class Agent:
     def refresh_gauges(self) -> None:
         """Update gauges that are read from state rather than counted."""
         assert self.node is not None
-        counts = {state: 0 for state in State}
-        for member in self.node.swim.members.values():
-            counts[member.state] += 1
-        for state, count in counts.items():
-            self.metrics.members.labels(state.label).set(count)
-        self.metrics.refutations.set(self.node.swim.refutations)
-        self.metrics.incidents_open.set(len(self.node.incidents.open_incidents()))
-        if self._outbox is not None:
-            stats = self._outbox.statistics()
-            self.metrics.outbox_depth.set(sum(stats.pending.values()))
-            self.metrics.outbox_oldest.set(stats.oldest_pending_age)
+        stats = self._outbox.statistics() if self._outbox is not None else None
+        self.metrics.refresh(self.node, stats)

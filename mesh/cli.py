@@ -27,16 +27,10 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
-    # hypercorn logs every lifespan step at INFO; its warnings still show.
-    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    from .logs import configure_logging
+
+    configure_logging(level, log_format)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -312,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: info)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines for people, or JSON lines with fields such as member, "
+        "incident, receiver and peer for a log collector (default: text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     keygen = commands.add_parser("keygen", help="write a new Ed25519 key pair")
@@ -379,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     return args.func(args)
 
 

@@ -1,4 +1,7 @@
-"""Glue between the outbox and the rest of the agent: sinks and metrics."""
+"""Glue between the outbox and the rest of the agent: sinks as destinations.
+
+The agent's metrics observe the outbox themselves: see mesh.metrics.AgentMetrics.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ import httpx
 from sinks.base import Sink
 
 from .alarm import SignedAlarm
-from .metrics import AgentMetrics
 
-__all__ = ["SinkDestination", "MetricsObserver"]
+__all__ = ["SinkDestination"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,19 +30,3 @@ class SinkDestination:
         return await self._sink.send(
             signed, client=self._client, idempotency_key=idempotency_key
         )
-
-
-class MetricsObserver:
-    """Counts outbox outcomes in the agent's Prometheus metrics."""
-
-    def __init__(self, metrics: AgentMetrics) -> None:
-        self._metrics = metrics
-
-    def delivered(self, destination: str, attempts: int, seconds_since_enqueue: float) -> None:
-        self._metrics.deliveries.labels(destination).inc()
-
-    def retrying(self, destination: str, error: str, delay: float) -> None:
-        self._metrics.delivery_retries.labels(destination).inc()
-
-    def dead_lettered(self, destination: str, reason: str) -> None:
-        self._metrics.dead_letters.labels(destination).inc()

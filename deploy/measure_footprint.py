@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.agent_processes import AgentProcesses  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -69,18 +68,24 @@ async def measure(agents: int, seconds: float, profile: str) -> None:
                         await client.get(f"{base}/peers")
                     await trio.sleep(5)
             elapsed = time.monotonic() - began
-            print(f"{agents} agents, profile {profile}, {elapsed:.0f} s idle, "
-                  f"scraped every 5 s; python {sys.version.split()[0]}")
+            print(
+                f"{agents} agents, profile {profile}, {elapsed:.0f} s idle, "
+                f"scraped every 5 s; python {sys.version.split()[0]}"
+            )
             cpus, rss = [], []
             for name, pid in pids.items():
                 used = cpu_seconds(pid) - start[name]
                 now, peak = memory_bytes(pid)
                 cpus.append(1000 * used / elapsed)
                 rss.append(now)
-                print(f"  {name}: cpu {1000 * used / elapsed:.1f} millicores, "
-                      f"rss {now / 2**20:.1f} MiB (peak {peak / 2**20:.1f} MiB)")
-            print(f"mean: cpu {sum(cpus) / len(cpus):.1f} millicores, "
-                  f"rss {sum(rss) / len(rss) / 2**20:.1f} MiB")
+                print(
+                    f"  {name}: cpu {1000 * used / elapsed:.1f} millicores, "
+                    f"rss {now / 2**20:.1f} MiB (peak {peak / 2**20:.1f} MiB)"
+                )
+            print(
+                f"mean: cpu {sum(cpus) / len(cpus):.1f} millicores, "
+                f"rss {sum(rss) / len(rss) / 2**20:.1f} MiB"
+            )
         finally:
             mesh.stop_all()
 

@@ -52,7 +52,9 @@ __all__ = [
 ]
 
 # Message types, as the ``type`` label spells them: the class name in lowercase.
-MESSAGE_TYPES = tuple(cls.__name__.lower() for cls in (Ping, Ack, PingReq, Nack, Sync, Gossip))
+MESSAGE_TYPES = tuple(
+    cls.__name__.lower() for cls in (Ping, Ack, PingReq, Nack, Sync, Gossip)
+)
 
 # Why a send failed, as the ``reason`` label of alarminati_send_failures_total.
 SEND_QUEUE_FULL = "queue_full"  # dropped before sending: the send queue was full
@@ -375,7 +377,9 @@ class AgentMetrics:
 
     # --- Outbox observer hooks (sinks.outbox.OutboxObserver) ----------------
 
-    def delivered(self, destination: str, attempts: int, seconds_since_enqueue: float) -> None:
+    def delivered(
+        self, destination: str, attempts: int, seconds_since_enqueue: float
+    ) -> None:
         self.alarms_sent.labels(destination).inc()
 
     def retrying(self, destination: str, error: str, delay: float) -> None:

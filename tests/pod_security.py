@@ -19,20 +19,42 @@ LEVELS = ("restricted", "baseline", "privileged")
 Spec = dict[str, Any]
 
 BASELINE_CAPABILITIES = {
-    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-    "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
 }
 SAFE_SYSCTLS = {
-    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
-    "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
-    "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
 }
 SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t"}
 RESTRICTED_VOLUMES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-    "persistentVolumeClaim", "projected", "secret",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
 }
 
 
@@ -60,7 +82,9 @@ def _host_process(spec: Spec) -> list[str]:
 
 
 def _host_namespaces(spec: Spec) -> list[str]:
-    return [f"pod sets {f}" for f in ("hostNetwork", "hostPID", "hostIPC") if spec.get(f)]
+    return [
+        f"pod sets {f}" for f in ("hostNetwork", "hostPID", "hostIPC") if spec.get(f)
+    ]
 
 
 def _privileged(spec: Spec) -> list[str]:
@@ -141,7 +165,9 @@ def _seccomp_baseline(spec: Spec) -> list[str]:
 
 def _sysctls(spec: Spec) -> list[str]:
     sysctls = (spec.get("securityContext") or {}).get("sysctls") or []
-    return [f"pod sets sysctl {s['name']}" for s in sysctls if s["name"] not in SAFE_SYSCTLS]
+    return [
+        f"pod sets sysctl {s['name']}" for s in sysctls if s["name"] not in SAFE_SYSCTLS
+    ]
 
 
 # --- restricted ---------------------------------------------------------

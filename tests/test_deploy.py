@@ -48,7 +48,11 @@ RECEIVER_ENV = {
     "OPS_WEBHOOK_URL": "https://alarms.example.com/alarminati",
 }
 # Labels and annotations only Helm adds: release bookkeeping, not behaviour.
-HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/version")
+HELM_ONLY_LABELS = (
+    "helm.sh/chart",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/version",
+)
 HELM_ONLY_ANNOTATIONS = ("checksum/config",)
 
 
@@ -57,7 +61,9 @@ def tool(name: str) -> str:
     local = TOOLS / name
     if local.exists():
         return str(local)
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    found = shutil.which(name) or shutil.which(
+        name, path=str(Path(sys.executable).parent)
+    )
     if found is None:
         pytest.fail(f"{name} not found; run scripts/install-test-deps")
     return found
@@ -67,7 +73,9 @@ def run(*command: str, input: str | None = None) -> str:
     result = subprocess.run(
         command, capture_output=True, text=True, input=input, timeout=120, cwd=REPO
     )
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, (
+        f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}"
+    )
     return result.stdout
 
 
@@ -76,16 +84,25 @@ def load_all(text: str) -> list[dict[str, Any]]:
 
 
 def kustomize(cluster: str) -> list[dict[str, Any]]:
-    return load_all(run(tool("kubectl"), "kustomize", str(KUSTOMIZE / "overlays" / cluster)))
+    return load_all(
+        run(tool("kubectl"), "kustomize", str(KUSTOMIZE / "overlays" / cluster))
+    )
 
 
 def helm_template(cluster: str, *extra: str) -> list[dict[str, Any]]:
     output = run(
-        tool("helm"), "template", "alarminati", str(CHART),
-        "--namespace", "alarminati",
-        "--set", "namespace.create=true",
-        "-f", str(CHART / "examples" / f"{cluster}.yaml"),
-        "--set-file", f"config={KUSTOMIZE / 'overlays' / cluster / 'config.yaml'}",
+        tool("helm"),
+        "template",
+        "alarminati",
+        str(CHART),
+        "--namespace",
+        "alarminati",
+        "--set",
+        "namespace.create=true",
+        "-f",
+        str(CHART / "examples" / f"{cluster}.yaml"),
+        "--set-file",
+        f"config={KUSTOMIZE / 'overlays' / cluster / 'config.yaml'}",
         *extra,
     )
     return load_all(output)
@@ -97,7 +114,9 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def cluster_config(cluster: str) -> dict[str, Any]:
-    return yaml.safe_load((KUSTOMIZE / "overlays" / cluster / "config.yaml").read_text())
+    return yaml.safe_load(
+        (KUSTOMIZE / "overlays" / cluster / "config.yaml").read_text()
+    )
 
 
 # ----------------------------------------------------------------------
@@ -105,8 +124,13 @@ def cluster_config(cluster: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------
 
 EXPECTED_KINDS = {
-    "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-    "ConfigMap", "Deployment", "Service",
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ConfigMap",
+    "Deployment",
+    "Service",
 }
 
 
@@ -118,18 +142,29 @@ def test_kustomize_builds_overlay_with_every_object(cluster):
     assert EXPECTED_KINDS <= kinds
     # Data on a claim, or on the node; never both.
     deployment = by_kind(objects, "Deployment")
-    data = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "data"]
+    data = [
+        v
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "data"
+    ]
     assert len(data) == 1
     assert ("PersistentVolumeClaim" in kinds) == ("persistentVolumeClaim" in data[0])
-    assert all(o["metadata"].get("namespace", "alarminati") == "alarminati" for o in objects)
+    assert all(
+        o["metadata"].get("namespace", "alarminati") == "alarminati" for o in objects
+    )
 
 
 @pytest.mark.parametrize("cluster", CLUSTERS)
 def test_helm_lint_passes_with_cluster_values(cluster):
     output = run(
-        tool("helm"), "lint", str(CHART), "--strict",
-        "-f", str(CHART / "examples" / f"{cluster}.yaml"),
-        "--set-file", f"config={KUSTOMIZE / 'overlays' / cluster / 'config.yaml'}",
+        tool("helm"),
+        "lint",
+        str(CHART),
+        "--strict",
+        "-f",
+        str(CHART / "examples" / f"{cluster}.yaml"),
+        "--set-file",
+        f"config={KUSTOMIZE / 'overlays' / cluster / 'config.yaml'}",
     )
     assert "0 chart(s) failed" in output
 
@@ -137,7 +172,9 @@ def test_helm_lint_passes_with_cluster_values(cluster):
 def test_helm_template_fails_without_config():
     result = subprocess.run(
         [tool("helm"), "template", "alarminati", str(CHART)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "config: the agent's configuration is required" in result.stderr
@@ -168,7 +205,9 @@ def _normalise(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
             if metadata.get("annotations") == {}:
                 del metadata["annotations"]
         if obj["kind"] == "ConfigMap":
-            obj["metadata"]["name"] = re.sub(r"-[a-z0-9]{10}$", "", obj["metadata"]["name"])
+            obj["metadata"]["name"] = re.sub(
+                r"-[a-z0-9]{10}$", "", obj["metadata"]["name"]
+            )
             obj["data"] = {k: yaml.safe_load(v) for k, v in obj["data"].items()}
         normalised[(obj["kind"], obj["metadata"]["name"])] = obj
     return normalised
@@ -187,9 +226,13 @@ def test_helm_chart_renders_the_same_objects_as_the_overlay(cluster):
 def test_helm_chart_changes_pod_annotation_when_config_changes():
     def checksum(*extra: str) -> str:
         deployment = by_kind(helm_template("seoul", *extra), "Deployment")
-        return deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return deployment["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"
+        ]
 
-    assert checksum() != checksum("--set-file", f"config={KUSTOMIZE / 'overlays/tokyo/config.yaml'}")
+    assert checksum() != checksum(
+        "--set-file", f"config={KUSTOMIZE / 'overlays/tokyo/config.yaml'}"
+    )
 
 
 # ----------------------------------------------------------------------
@@ -205,9 +248,12 @@ def _rendered_objects() -> list[tuple[str, dict[str, Any]]]:
     # Every optional object of the chart, the Secrets included.
     everything = helm_template(
         "seoul",
-        "--set", "keySecret.create=true,keySecret.privateKey=example",
-        "--set", "receiversSecret.create=true,receiversSecret.env.SLACK_WEBHOOK_URL=x",
-        "--set", "persistence.storageClassName=local-path",
+        "--set",
+        "keySecret.create=true,keySecret.privateKey=example",
+        "--set",
+        "receiversSecret.create=true,receiversSecret.env.SLACK_WEBHOOK_URL=x",
+        "--set",
+        "persistence.storageClassName=local-path",
     )
     rendered += [("helm all options", o) for o in everything]
     example = load_all((KUSTOMIZE / "base" / "secret.example.yaml").read_text())
@@ -221,7 +267,9 @@ def test_every_rendered_object_validates_against_kubernetes_1_30():
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            failures.append(f"{source} {obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+            failures.append(
+                f"{source} {obj['kind']}/{obj['metadata']['name']}: {exc.message}"
+            )
     assert not failures, "\n".join(failures)
 
 
@@ -240,7 +288,9 @@ def test_service_monitor_selects_the_service():
     service = by_kind(objects, "Service")
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert (
+        monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    )
 
 
 # ----------------------------------------------------------------------
@@ -261,10 +311,16 @@ def test_host_overlay_leaves_restricted_only_for_host_access():
     failed = pod_security.violations(template, "restricted")
     # Host network and a host folder, and the init container that chowns it.
     assert set(failed) == {
-        "host_namespaces", "hostPath_volumes", "restricted_volumes",
-        "runAsNonRoot", "runAsUser", "capabilities_restricted",
+        "host_namespaces",
+        "hostPath_volumes",
+        "restricted_volumes",
+        "runAsNonRoot",
+        "runAsUser",
+        "capabilities_restricted",
     }
-    assert failed["capabilities_restricted"] == ["initContainer 'chown-data' adds ['CHOWN']"]
+    assert failed["capabilities_restricted"] == [
+        "initContainer 'chown-data' adds ['CHOWN']"
+    ]
     main = {k: v for k, v in template["spec"].items() if k != "initContainers"}
     main["hostNetwork"] = False
     main["volumes"] = [v for v in main["volumes"] if v["name"] != "data"]
@@ -277,7 +333,9 @@ def test_namespace_enforces_the_level_the_pod_needs(cluster):
     template = by_kind(objects, "Deployment")["spec"]["template"]
     labels = by_kind(objects, "Namespace")["metadata"]["labels"]
 
-    assert labels["pod-security.kubernetes.io/enforce"] == pod_security.lowest_level(template)
+    assert labels["pod-security.kubernetes.io/enforce"] == pod_security.lowest_level(
+        template
+    )
     assert labels["pod-security.kubernetes.io/enforce-version"] == "v1.30"
 
 
@@ -285,18 +343,34 @@ def test_namespace_enforces_the_level_the_pod_needs(cluster):
     ("change", "check"),
     [
         (lambda c, s: c["securityContext"].update(privileged=True), "privileged"),
-        (lambda c, s: c["securityContext"].pop("allowPrivilegeEscalation"), "allowPrivilegeEscalation"),
-        (lambda c, s: c["securityContext"]["capabilities"].update(drop=[]), "capabilities_restricted"),
+        (
+            lambda c, s: c["securityContext"].pop("allowPrivilegeEscalation"),
+            "allowPrivilegeEscalation",
+        ),
+        (
+            lambda c, s: c["securityContext"]["capabilities"].update(drop=[]),
+            "capabilities_restricted",
+        ),
         (lambda c, s: c["ports"][0].update(hostPort=7480), "hostPorts"),
         (lambda c, s: s["securityContext"].pop("runAsNonRoot"), "runAsNonRoot"),
         (lambda c, s: s["securityContext"].update(runAsUser=0), "runAsUser"),
-        (lambda c, s: s["securityContext"].pop("seccompProfile"), "seccompProfile_restricted"),
+        (
+            lambda c, s: s["securityContext"].pop("seccompProfile"),
+            "seccompProfile_restricted",
+        ),
         (lambda c, s: s.update(hostPID=True), "host_namespaces"),
-        (lambda c, s: s["volumes"].append({"name": "x", "nfs": {"server": "a", "path": "/"}}), "restricted_volumes"),
+        (
+            lambda c, s: s["volumes"].append(
+                {"name": "x", "nfs": {"server": "a", "path": "/"}}
+            ),
+            "restricted_volumes",
+        ),
     ],
 )
 def test_pod_security_check_catches_each_violation(change, check):
-    template = copy.deepcopy(by_kind(kustomize("seoul"), "Deployment")["spec"]["template"])
+    template = copy.deepcopy(
+        by_kind(kustomize("seoul"), "Deployment")["spec"]["template"]
+    )
     spec = template["spec"]
     change(spec["containers"][0], spec)
 
@@ -311,13 +385,17 @@ def test_pod_security_check_catches_each_violation(change, check):
 @pytest.mark.parametrize("cluster", CLUSTERS)
 def test_cluster_config_is_valid_and_matches_the_pod(cluster):
     raw = cluster_config(cluster)
-    config = parse_config(raw, base=Path("/etc/alarminati/config"), environ=RECEIVER_ENV)
+    config = parse_config(
+        raw, base=Path("/etc/alarminati/config"), environ=RECEIVER_ENV
+    )
     deployment = by_kind(kustomize(cluster), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
 
     assert config.name == cluster
-    assert int(config.listen.rpartition(":")[2]) == container["ports"][0]["containerPort"]
+    assert (
+        int(config.listen.rpartition(":")[2]) == container["ports"][0]["containerPort"]
+    )
     assert config.key_file == Path(mounts["key"]) / "agent.key"
     assert config.data_dir == Path(mounts["data"])
     assert Path(config.archive).is_relative_to(mounts["data"])
@@ -332,7 +410,9 @@ def test_cluster_configs_trust_and_dial_each_other():
         assert sorted(raw["peers"]) == sorted(configs[c]["advertise"] for c in others)
     # One key per cluster, the same in every config that trusts it.
     for cluster in CLUSTERS:
-        keys = {raw["trusted_keys"][cluster] for c, raw in configs.items() if c != cluster}
+        keys = {
+            raw["trusted_keys"][cluster] for c, raw in configs.items() if c != cluster
+        }
         assert len(keys) == 1
 
 
@@ -374,7 +454,13 @@ def _container_builder() -> list[str] | None:
     """Return a command that builds images here, or None."""
     for name in ("docker", "podman"):
         path = shutil.which(name)
-        if path and subprocess.run([path, "info"], capture_output=True, timeout=30).returncode == 0:
+        if (
+            path
+            and subprocess.run(
+                [path, "info"], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        ):
             return [path, "build"]
     return None
 
@@ -382,18 +468,29 @@ def _container_builder() -> list[str] | None:
 def test_image_builds_or_dockerfile_lints_clean():
     builder = _container_builder()
     if builder is not None:
-        run(*builder, "-f", str(DEPLOY / "Dockerfile"), "-t", "alarminati:test", str(REPO))
+        run(
+            *builder,
+            "-f",
+            str(DEPLOY / "Dockerfile"),
+            "-t",
+            "alarminati:test",
+            str(REPO),
+        )
     # The lint runs either way: it is quick and catches what a build does not.
     result = subprocess.run(
         [tool("hadolint"), "--no-color", str(DEPLOY / "Dockerfile")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerfile_matches_the_pod():
     instructions = _dockerfile_instructions()
-    final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM"):]
+    final = instructions[
+        max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :
+    ]
     values = {}
     for keyword, rest in final:
         values.setdefault(keyword, []).append(rest)
@@ -415,7 +512,9 @@ def test_docker_context_holds_every_package():
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     setup = (REPO / "setup.cfg").read_text()
-    include = re.search(r"\[options\.packages\.find\]\s*include\s*=((?:\n[ \t]+\S+)+)", setup)
+    include = re.search(
+        r"\[options\.packages\.find\]\s*include\s*=((?:\n[ \t]+\S+)+)", setup
+    )
     packages = {name.split(".")[0] for name in include.group(1).split()}
 
     assert packages <= allowed
@@ -446,7 +545,9 @@ def _write_agent(root: Path, name: str = "solo") -> tuple[Path, str]:
     return path, address
 
 
-def _wait_healthy(address: str, process: subprocess.Popen, timeout: float = 20.0) -> None:
+def _wait_healthy(
+    address: str, process: subprocess.Popen, timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
@@ -470,15 +571,27 @@ def _stop(process: subprocess.Popen) -> tuple[int, str]:
 
 
 def _agent_command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "mesh.cli", "--log-format", "json", "agent", "--config", str(config)]
+    return [
+        sys.executable,
+        "-m",
+        "mesh.cli",
+        "--log-format",
+        "json",
+        "agent",
+        "--config",
+        str(config),
+    ]
 
 
 @pytest.mark.slow
 def test_promtool_check_metrics_passes_on_a_live_agent(tmp_path):
     config, address = _write_agent(tmp_path)
     process = subprocess.Popen(
-        _agent_command(config), cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        _agent_command(config),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         _wait_healthy(address, process)
@@ -487,10 +600,15 @@ def test_promtool_check_metrics_passes_on_a_live_agent(tmp_path):
         code, output = _stop(process)
 
     result = subprocess.run(
-        [tool("promtool"), "check", "metrics"], input=exposition,
-        capture_output=True, text=True, timeout=60,
+        [tool("promtool"), "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+    assert result.returncode == 0 and not result.stdout.strip(), (
+        result.stdout + result.stderr
+    )
     assert code == 0, output
     assert "alarminati_build_info{" in exposition
 
@@ -504,13 +622,18 @@ def test_agent_runs_on_a_read_only_root_filesystem(tmp_path):
     config, address = _write_agent(tmp_path)
     data = tmp_path / "data"
     script = (
-        'mount -o remount,bind,ro / '
+        "mount -o remount,bind,ro / "
         f'&& mount -t tmpfs -o size=64m tmpfs "{data}" && exec "$@"'
     )
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     command = ["unshare", "--mount", "sh", "-c", script, "sh", *_agent_command(config)]
     process = subprocess.Popen(
-        command, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        command,
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         _wait_healthy(address, process)
@@ -519,7 +642,11 @@ def test_agent_runs_on_a_read_only_root_filesystem(tmp_path):
     finally:
         code, output = _stop(process)
 
-    levels = [yaml.safe_load(line).get("level") for line in output.splitlines() if line.startswith("{")]
+    levels = [
+        yaml.safe_load(line).get("level")
+        for line in output.splitlines()
+        if line.startswith("{")
+    ]
     assert code == 0, output
     assert "error" not in levels and "warning" not in levels, output
     assert "Read-only file system" not in output
@@ -566,9 +693,15 @@ def test_rules_and_dashboard_use_only_exposed_metrics():
     exposed = _exposed_metric_names()
     rules = yaml.safe_load(RULES.read_text())
     expressions = [r["expr"] for g in rules["groups"] for r in g["rules"]]
-    dashboard = json.loads((DEPLOY / "prometheus" / "grafana-dashboard.json").read_text())
-    expressions += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    expressions += [v["query"] for v in dashboard["templating"]["list"] if v.get("type") == "query"]
+    dashboard = json.loads(
+        (DEPLOY / "prometheus" / "grafana-dashboard.json").read_text()
+    )
+    expressions += [
+        t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])
+    ]
+    expressions += [
+        v["query"] for v in dashboard["templating"]["list"] if v.get("type") == "query"
+    ]
 
     unknown = set().union(*map(_referenced_metric_names, expressions)) - exposed
     assert not unknown

@@ -251,6 +251,9 @@ class AgentMetrics:
             ["type", "reason"],
             registry=r,
         )
+        for kind in MESSAGE_TYPES:
+            for reason in SEND_FAILURE_REASONS:
+                self.send_failures.labels(kind, reason)
         self.rejected = Counter(
             "alarminati_messages_rejected_total",
             "Inbound frames or gossiped records rejected, by reason.",

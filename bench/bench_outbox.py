@@ -106,7 +106,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def measure_latency(parent: Path, keyring: Keyring, frames: list[bytes]) -> list[float]:
+async def measure_latency(
+    parent: Path, keyring: Keyring, frames: list[bytes]
+) -> list[float]:
     """Return the seconds from enqueue to attempt start of each alarm."""
     folder = Path(tempfile.mkdtemp(prefix="outbox-", dir=parent))
     try:
@@ -174,7 +176,9 @@ def main() -> None:
         f"{'added latency':>20}: p50 {percentile(latencies, 0.5) * 1000:.2f} ms, "
         f"p99 {percentile(latencies, 0.99) * 1000:.2f} ms over {len(sample)} alarms"
     )
-    drains = [trio.run(measure_drain, parent, keyring, frames) for _ in range(args.runs)]
+    drains = [
+        trio.run(measure_drain, parent, keyring, frames) for _ in range(args.runs)
+    ]
     print(f"{'drain':>20}: median {statistics.median(drains):9.0f} deliveries/s")
 
 

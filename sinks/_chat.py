@@ -127,9 +127,13 @@ def parse_links(raw: Mapping[str, Any], where: str) -> Links:
         if not isinstance(template, str) or not template.startswith(
             ("http://", "https://")
         ):
-            raise SinkConfigError(f"{where}.{key}: invalid value {template!r}, {expected}")
+            raise SinkConfigError(
+                f"{where}.{key}: invalid value {template!r}, {expected}"
+            )
         try:
-            names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+            names = [
+                name for _, name, _, _ in string.Formatter().parse(template) if name
+            ]
         except ValueError:
             raise SinkConfigError(
                 f"{where}.{key}: invalid value {template!r}, {expected}"
@@ -180,10 +184,15 @@ def alarm_facts(alarm: Alarm) -> list[tuple[str, str]]:
 
 
 def group_title(alarms: Sequence[Alarm]) -> str:
-    """Return the title of a message of several alarms, such as ``3 alarms: 2 firing, 1 resolved``."""
+    """Return the title of a message of several alarms.
+
+    For example ``3 alarms: 2 firing, 1 resolved``.
+    """
     firing = sum(1 for a in alarms if a.status is Status.FIRING)
     resolved = len(alarms) - firing
-    parts = [f"{n} {label}" for n, label in ((firing, "firing"), (resolved, "resolved")) if n]
+    parts = [
+        f"{n} {label}" for n, label in ((firing, "firing"), (resolved, "resolved")) if n
+    ]
     return f"{len(alarms)} alarms: {', '.join(parts)}"
 
 
@@ -306,7 +315,14 @@ class ChatSink:
             "User-Agent": USER_AGENT,
         }
 
-    def classify(self, response: httpx.Response, *, sink: str, body: bytes, now: Callable[[], float]) -> str:
+    def classify(
+        self,
+        response: httpx.Response,
+        *,
+        sink: str,
+        body: bytes,
+        now: Callable[[], float],
+    ) -> str:
         return classify_response(response, sink=sink, body=body, now=now)
 
     def check_answer(self, delivery: Delivery) -> str:

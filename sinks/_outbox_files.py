@@ -46,7 +46,14 @@ FSYNC_THREADS = 8
 PENDING_NAME = re.compile(r"(\d{20})-([0-9a-f]{32})\.entry")
 
 # Fields every entry file has, since the first version of the format.
-REQUIRED_FIELDS = ("key", "destination", "frame", "created_at", "attempts", "last_error")
+REQUIRED_FIELDS = (
+    "key",
+    "destination",
+    "frame",
+    "created_at",
+    "attempts",
+    "last_error",
+)
 # Fields added later, with the value an entry has when its file lacks them.
 OPTIONAL_FIELDS: dict[str, Any] = {
     "group": "",

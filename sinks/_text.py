@@ -53,9 +53,7 @@ def escape_markdown(text: str) -> str:
     return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
 
 
-def truncate_bytes(
-    text: str, limit: int, *, escaped: bool = False
-) -> tuple[str, bool]:
+def truncate_bytes(text: str, limit: int, *, escaped: bool = False) -> tuple[str, bool]:
     """Cut ``text`` to at most ``limit`` bytes of UTF-8, as :func:`truncate` does.
 
     Returns:

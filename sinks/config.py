@@ -121,7 +121,10 @@ def parse_sink_config(index: int, raw: Any, environ: Mapping[str, str]) -> SinkC
     if sink_type in _CHAT_CONFIGS:
         return _CHAT_CONFIGS[sink_type].parse(raw, where, environ, name)
 
-    options: dict[str, Any] = {"name": name, "url": check_url(resolve_secret(raw, "url", where, environ))}
+    options: dict[str, Any] = {
+        "name": name,
+        "url": check_url(resolve_secret(raw, "url", where, environ)),
+    }
     if "timeout" in raw:
         timeout = raw["timeout"]
         problem = check_timeout(timeout)
@@ -202,6 +205,8 @@ def config_secrets(configs: Iterable[SinkConfig]) -> list[Secret]:
     return [
         value
         for config in configs
-        for value in (getattr(config, field.name) for field in dataclasses.fields(config))
+        for value in (
+            getattr(config, field.name) for field in dataclasses.fields(config)
+        )
         if isinstance(value, Secret)
     ]

@@ -176,7 +176,9 @@ class DeadLetterStore:
 
     def _load(self) -> None:
         names = sorted(os.listdir(self._folder))
-        archived = {n.removesuffix(".archived") for n in names if n.endswith(".archived")}
+        archived = {
+            n.removesuffix(".archived") for n in names if n.endswith(".archived")
+        }
         for name in names:
             if name.startswith("."):
                 (self._folder / name).unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import trio
 
-from mesh.alarm import Alarm, SignedAlarm
+from mesh.alarm import Alarm, SignedAlarm, format_time
 
 from ._chat import (
     CHAT_KEYS,
@@ -89,7 +89,9 @@ class DiscordConfig:
         validate_http_sink_fields(self.name, self.url, self.timeout)
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str) -> DiscordConfig:
+    def parse(
+        cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str
+    ) -> DiscordConfig:
         url = check_url(resolve_secret(raw, "url", where, environ))
         path = httpx.URL(url.reveal()).path
         if _WEBHOOK_PATH.fullmatch(path) is None:
@@ -110,7 +112,9 @@ def embed_chars(embed: Mapping[str, Any]) -> int:
     return total
 
 
-def _embed(alarm: Alarm, links: Links, summary_chars: int, *, full: bool) -> dict[str, Any]:
+def _embed(
+    alarm: Alarm, links: Links, summary_chars: int, *, full: bool
+) -> dict[str, Any]:
     title = f"{severity_emoji(alarm)} {status_title(alarm)}: {alarm.subject}"
     summary = truncate(alarm.summary, min(summary_chars, MAX_DESCRIPTION_CHARS // 2))[0]
     description = escape_markdown(summary) if summary else "*no summary*"
@@ -132,7 +136,7 @@ def _embed(alarm: Alarm, links: Links, summary_chars: int, *, full: bool) -> dic
         "description": truncate(description, MAX_DESCRIPTION_CHARS)[0],
         "color": colour([alarm]),
         "fields": fields[:MAX_FIELDS],
-        "timestamp": alarm_facts(alarm)[2][1],
+        "timestamp": format_time(alarm.started_at),
     }
 
 
@@ -162,7 +166,9 @@ class DiscordSink(ChatSink):
     kind = "discord"
     max_group = MAX_EMBEDS
 
-    def __init__(self, config: DiscordConfig, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: DiscordConfig, *, now: Callable[[], float] = time.time
+    ) -> None:
         super().__init__(config, now=now)
         # trio time before which the rate-limit bucket is empty, from the last
         # answer's X-RateLimit headers; changed by each send.
@@ -176,7 +182,11 @@ class DiscordSink(ChatSink):
         return render_embeds(alarms, self.config.links)
 
     async def send_group(
-        self, group: Sequence[SignedAlarm], *, client: httpx.AsyncClient, idempotency_key: str
+        self,
+        group: Sequence[SignedAlarm],
+        *,
+        client: httpx.AsyncClient,
+        idempotency_key: str,
     ) -> str:
         wait = self._bucket_empty_until - trio.current_time()
         if wait > MAX_PACING_WAIT:
@@ -185,7 +195,9 @@ class DiscordSink(ChatSink):
             )
         if wait > 0:
             await trio.sleep(wait)
-        return await super().send_group(group, client=client, idempotency_key=idempotency_key)
+        return await super().send_group(
+            group, client=client, idempotency_key=idempotency_key
+        )
 
     def _note_bucket(self, response: httpx.Response) -> None:
         remaining = response.headers.get("X-RateLimit-Remaining")
@@ -195,7 +207,14 @@ class DiscordSink(ChatSink):
             if seconds is not None:
                 self._bucket_empty_until = trio.current_time() + seconds
 
-    def classify(self, response: httpx.Response, *, sink: str, body: bytes, now: Callable[[], float]) -> str:
+    def classify(
+        self,
+        response: httpx.Response,
+        *,
+        sink: str,
+        body: bytes,
+        now: Callable[[], float],
+    ) -> str:
         self._note_bucket(response)
         if response.status_code == 429:
             answer = parse_json(body)
@@ -206,7 +225,11 @@ class DiscordSink(ChatSink):
                 waits.append(parse_retry_after(header, now()))  # type: ignore[arg-type]
             if waits:
                 retry_after = max(waits)
-                scope = "global" if isinstance(answer, dict) and answer.get("global") else "webhook"
+                scope = (
+                    "global"
+                    if isinstance(answer, dict) and answer.get("global")
+                    else "webhook"
+                )
                 if scope == "global":
                     self._bucket_empty_until = trio.current_time() + retry_after
                 raise SinkRetryableError(

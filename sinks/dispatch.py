@@ -98,7 +98,9 @@ class Dispatcher:
         envelopes = self._envelopes(signed, decision, base)
         if self._archive:
             envelopes.append(
-                Envelope(key=f"{base}/{ARCHIVE}", destination=ARCHIVE, frame=signed.frame)
+                Envelope(
+                    key=f"{base}/{ARCHIVE}", destination=ARCHIVE, frame=signed.frame
+                )
             )
         self._outbox.enqueue_many(envelopes)
 
@@ -181,14 +183,18 @@ class SinkDestination:
         self._sink = sink
         self._client = client
         # Alarms per message, as the sink allows; 1 without send_group.
-        self.max_group = getattr(sink, "max_group", 1) if hasattr(sink, "send_group") else 1
+        self.max_group = (
+            getattr(sink, "max_group", 1) if hasattr(sink, "send_group") else 1
+        )
 
     async def deliver(self, signed: SignedAlarm, idempotency_key: str) -> str:
         return await self._sink.send(
             signed, client=self._client, idempotency_key=idempotency_key
         )
 
-    async def deliver_group(self, group: Sequence[SignedAlarm], idempotency_key: str) -> str:
+    async def deliver_group(
+        self, group: Sequence[SignedAlarm], idempotency_key: str
+    ) -> str:
         return await self._sink.send_group(  # type: ignore[attr-defined]
             group, client=self._client, idempotency_key=idempotency_key
         )

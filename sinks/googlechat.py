@@ -75,7 +75,9 @@ class GoogleChatConfig:
         validate_http_sink_fields(self.name, self.url, self.timeout)
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str) -> GoogleChatConfig:
+    def parse(
+        cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str
+    ) -> GoogleChatConfig:
         url = check_url(resolve_secret(raw, "url", where, environ))
         parsed = httpx.URL(url.reveal())
         if not parsed.path.endswith("/messages") or "token" not in parsed.params:
@@ -90,8 +92,12 @@ def _html_colour(alarms: Sequence[Alarm]) -> str:
     return f"#{colour(alarms):06x}"
 
 
-def _section(alarm: Alarm, links: Links, summary_chars: int, *, full: bool) -> dict[str, Any]:
-    summary = escape_html(truncate(alarm.summary, summary_chars)[0]) or "<i>no summary</i>"
+def _section(
+    alarm: Alarm, links: Links, summary_chars: int, *, full: bool
+) -> dict[str, Any]:
+    summary = (
+        escape_html(truncate(alarm.summary, summary_chars)[0]) or "<i>no summary</i>"
+    )
     widgets: list[dict[str, Any]] = [{"textParagraph": {"text": summary}}]
     facts = alarm_facts(alarm) if full else alarm_facts(alarm)[:3]
     widgets += [
@@ -131,7 +137,9 @@ def render_card(alarms: Sequence[Alarm], links: Links = Links()) -> Rendered:
         fallback = "; ".join(f"{status_title(a)}: {cut(a.subject, 80)}" for a in alarms)
         return {
             "fallbackText": truncate(fallback, 1000)[0],
-            "cardsV2": [{"cardId": "alarms", "card": {"header": header, "sections": sections}}],
+            "cardsV2": [
+                {"cardId": "alarms", "card": {"header": header, "sections": sections}}
+            ],
         }
 
     return fit(build, lambda p: len(json_body(p)) / (MAX_MESSAGE_BYTES - 512), alarms)

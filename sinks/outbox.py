@@ -74,7 +74,12 @@ from ._outbox_files import (
     temporary_path,
     write_synced,
 )
-from .deadletters import DeadLetter, DeadLetterArchive, DeadLetterReason, DeadLetterStore
+from .deadletters import (
+    DeadLetter,
+    DeadLetterArchive,
+    DeadLetterReason,
+    DeadLetterStore,
+)
 from .errors import SinkPermanentError, SinkRetryableError
 from .retry import DAYS, HOURS, RetryPolicy, describe_error, retry_delay
 
@@ -391,9 +396,9 @@ class Outbox:
             OSError: the entries could not be written. None of them is queued.
         """
         envelopes = [
-            item if isinstance(item, Envelope) else Envelope(
-                key=item[0], destination=item[1], frame=item[2]
-            )
+            item
+            if isinstance(item, Envelope)
+            else Envelope(key=item[0], destination=item[1], frame=item[2])
             for item in items
         ]
         for envelope in envelopes:
@@ -821,15 +826,17 @@ class Outbox:
             self.enqueue_many(envelopes)
         except OSError as exc:
             # The primary keeps its entries; the next failure tries again.
-            logger.error("cannot queue fallback deliveries: %s sink=%s", exc, queue.name)
+            logger.error(
+                "cannot queue fallback deliveries: %s sink=%s", exc, queue.name
+            )
             return
         self._handed_over_ids.update(entry.id for entry in due)
         self._handed_over_count += len(due)
         counts = collections.Counter(e.destination for e in envelopes)
         for fallback, count in counts.items():
             logger.warning(
-                "%s failing for %.0fs, %d alarms handed to fallback sink=%s fallback=%s",
-                queue.name,
+                "receiver failing for %.0fs, %d alarms handed to fallback "
+                "sink=%s fallback=%s",
                 failing_for,
                 count,
                 queue.name,
@@ -839,9 +846,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ dead letters
 
-    def _dead_letter(
-        self, entry: Entry, reason: DeadLetterReason, detail: str
-    ) -> None:
+    def _dead_letter(self, entry: Entry, reason: DeadLetterReason, detail: str) -> None:
         try:
             self._dead.write(entry, reason, detail)
         except OSError as exc:

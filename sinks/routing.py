@@ -230,9 +230,13 @@ class Router:
     @classmethod
     def broadcast(cls, receivers: Iterable[str]) -> Router:
         """Return a router that sends every alarm to every one of ``receivers``."""
-        return cls({DEFAULT_ROUTE: Route(name=DEFAULT_ROUTE, receivers=tuple(receivers))})
+        return cls(
+            {DEFAULT_ROUTE: Route(name=DEFAULT_ROUTE, receivers=tuple(receivers))}
+        )
 
-    def decide(self, *, subject: str, cluster: str, severity: Severity) -> RouteDecision:
+    def decide(
+        self, *, subject: str, cluster: str, severity: Severity
+    ) -> RouteDecision:
         """Return the route of an alarm with this subject, cluster and severity."""
         host = subject_host(subject)
         project, reason, matched = self._owner(host, cluster)
@@ -259,7 +263,11 @@ class Router:
                 suffix = ".".join(labels[start:])
                 if suffix in self._wildcards:
                     wildcard = f"*.{suffix}"
-                    return self._wildcards[suffix], MatchReason.WILDCARD_DOMAIN, wildcard
+                    return (
+                        self._wildcards[suffix],
+                        MatchReason.WILDCARD_DOMAIN,
+                        wildcard,
+                    )
         if cluster in self._clusters:
             return self._clusters[cluster], MatchReason.CLUSTER, cluster
         return None, MatchReason.DEFAULT, None
@@ -496,7 +504,9 @@ def _parse_projects(raw: Any, routes: Mapping[str, Route]) -> list[Project]:
         domains = _string_list(
             value.get("domains", []), f"{where}.domains", "a list of domain names"
         )
-        domains = [_parse_domain(d, f"{where}.domains[{i}]") for i, d in enumerate(domains)]
+        domains = [
+            _parse_domain(d, f"{where}.domains[{i}]") for i, d in enumerate(domains)
+        ]
         clusters = _string_list(
             value.get("clusters", []), f"{where}.clusters", "a list of cluster names"
         )
@@ -511,7 +521,9 @@ def _parse_projects(raw: Any, routes: Mapping[str, Route]) -> list[Project]:
                 f"routes ({', '.join(routes)})"
             )
         projects.append(
-            Project(name=name, domains=tuple(domains), clusters=tuple(clusters), route=route)
+            Project(
+                name=name, domains=tuple(domains), clusters=tuple(clusters), route=route
+            )
         )
     return projects
 

@@ -98,7 +98,9 @@ async def send_test(
             real alarm after its configured maximum age.
         on_retry: called with the error and the delay of each failed attempt.
     """
-    signed = seal_alarm(signing_key, make_test_alarm(reporter=signer, cluster=cluster, now=now()))
+    signed = seal_alarm(
+        signing_key, make_test_alarm(reporter=signer, cluster=cluster, now=now())
+    )
     keyring = Keyring({signer: signing_key.verify_key})
     sink = open_sink(config, signing_key=signing_key, signer=signer)
     watcher = _Watcher(on_retry)
@@ -125,4 +127,6 @@ async def send_test(
         if result.delivered:
             return result
         [letter] = outbox.dead_letters()
-        return SendTestResult(False, f"{letter.reason}: {letter.detail}", letter.attempts)
+        return SendTestResult(
+            False, f"{letter.reason}: {letter.detail}", letter.attempts
+        )

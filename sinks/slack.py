@@ -181,7 +181,9 @@ class SlackConfig:
                 "such as C0123456789"
             )
         if "api_url" in raw:
-            options["api_url"] = check_url(resolve_secret(raw, "api_url", where, environ))
+            options["api_url"] = check_url(
+                resolve_secret(raw, "api_url", where, environ)
+            )
         return cls(name=name, token=token, channel=channel.strip(), **options)
 
 
@@ -210,7 +212,7 @@ def render_message(alarm: Alarm) -> SlackMessage:
     """Render ``alarm`` as a Slack message within Slack's documented limits."""
     truncated: list[str] = []
 
-    def fit(part: str, text: str, limit: int, *, escaped: bool = True) -> str:
+    def fit_part(part: str, text: str, limit: int, *, escaped: bool = True) -> str:
         fitted, cut = truncate(text, limit, escaped=escaped)
         if cut:
             truncated.append(part)
@@ -226,9 +228,9 @@ def render_message(alarm: Alarm) -> SlackMessage:
     # NOTE: Slack's documentation does not say whether plain_text decodes
     # &amp; entities; if it does, a literal "&amp;" in a subject shows as "&".
     header = f"{emoji} {title}: {alarm.subject}"
-    header = fit("header", header, MAX_HEADER_CHARS, escaped=False)
+    header = fit_part("header", header, MAX_HEADER_CHARS, escaped=False)
     summary = escape_mrkdwn(alarm.summary) if alarm.summary else "_no summary_"
-    summary = fit("summary", summary, MAX_SECTION_TEXT_CHARS)
+    summary = fit_part("summary", summary, MAX_SECTION_TEXT_CHARS)
 
     labelled = [
         ("cluster", "Cluster", alarm.cluster),
@@ -244,7 +246,7 @@ def render_message(alarm: Alarm) -> SlackMessage:
     fields = []
     for key, label, value in labelled:
         field = f"*{label}*\n{escape_mrkdwn(value)}"
-        field = fit(f"field {key!r}", field, MAX_FIELD_CHARS)
+        field = fit_part(f"field {key!r}", field, MAX_FIELD_CHARS)
         fields.append({"type": "mrkdwn", "text": field})
 
     blocks: list[dict[str, Any]] = [
@@ -262,7 +264,7 @@ def render_message(alarm: Alarm) -> SlackMessage:
         f"{emoji} {title}: {escape_mrkdwn(alarm.subject)} "
         f"on {escape_mrkdwn(alarm.cluster)}\n{escape_mrkdwn(alarm.summary)}"
     )
-    text = fit("text", fallback.rstrip(), MAX_TEXT_CHARS)
+    text = fit_part("text", fallback.rstrip(), MAX_TEXT_CHARS)
 
     return SlackMessage({"text": text, "blocks": blocks}, tuple(truncated))
 
@@ -289,8 +291,14 @@ def render_group(alarms: Sequence[Alarm], links: Links = Links()) -> Rendered:
             {"type": "header", "text": {"type": "plain_text", "text": title}}
         ]
         for alarm in shown:
-            emoji = RESOLVED_EMOJI if alarm.status is Status.RESOLVED else FIRING_EMOJI[alarm.severity]
-            summary = truncate(escape_mrkdwn(alarm.summary), summary_chars, escaped=True)[0]
+            emoji = (
+                RESOLVED_EMOJI
+                if alarm.status is Status.RESOLVED
+                else FIRING_EMOJI[alarm.severity]
+            )
+            summary = truncate(
+                escape_mrkdwn(alarm.summary), summary_chars, escaped=True
+            )[0]
             text = (
                 f"{emoji} *{status_title(alarm)}*: {escape_mrkdwn(cut(alarm.subject))}\n"
                 f"cluster {escape_mrkdwn(cut(alarm.cluster))} · since "
@@ -358,7 +366,8 @@ class SlackSink(ChatSink):
         # refuses (https://api.slack.com/methods/chat.postMessage#errors).
         answer = parse_json(delivery.body)
         if isinstance(answer, dict) and answer.get("ok") is True:
-            return f"{delivery.description}: ts={answer.get('ts')} channel={answer.get('channel')}"
+            ts, channel = answer.get("ts"), answer.get("channel")
+            return f"{delivery.description}: ts={ts} channel={channel}"
         error = answer.get("error") if isinstance(answer, dict) else None
         message = (
             f"sink {self.name!r}: chat.postMessage returned {delivery.description} "

@@ -51,7 +51,11 @@ ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 
 # TextBlock colours, named by the Adaptive Card schema.
-CARD_COLOURS = {Severity.CRITICAL: "Attention", Severity.WARNING: "Warning", Severity.INFO: "Accent"}
+CARD_COLOURS = {
+    Severity.CRITICAL: "Attention",
+    Severity.WARNING: "Warning",
+    Severity.INFO: "Accent",
+}
 
 KEYS = (*CHAT_KEYS, "url", "url_env", "url_file")
 
@@ -72,7 +76,9 @@ class TeamsConfig:
         validate_http_sink_fields(self.name, self.url, self.timeout)
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str) -> TeamsConfig:
+    def parse(
+        cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str
+    ) -> TeamsConfig:
         url = check_url(resolve_secret(raw, "url", where, environ))
         return cls(name=name, url=url, **parse_chat_options(raw, where))
 
@@ -81,8 +87,11 @@ def _colour(alarm: Alarm) -> str:
     return "Good" if alarm.status is Status.RESOLVED else CARD_COLOURS[alarm.severity]
 
 
-def _container(alarm: Alarm, links: Links, summary_chars: int, *, full: bool) -> dict[str, Any]:
-    title = f"{severity_emoji(alarm)} {status_title(alarm)}: {escape_markdown(cut(alarm.subject))}"
+def _container(
+    alarm: Alarm, links: Links, summary_chars: int, *, full: bool
+) -> dict[str, Any]:
+    subject = escape_markdown(cut(alarm.subject))
+    title = f"{severity_emoji(alarm)} {status_title(alarm)}: {subject}"
     facts = alarm_facts(alarm) if full else alarm_facts(alarm)[:3]
     items: list[dict[str, Any]] = [
         {
@@ -95,13 +104,15 @@ def _container(alarm: Alarm, links: Links, summary_chars: int, *, full: bool) ->
         },
         {
             "type": "TextBlock",
-            "text": escape_markdown(truncate(alarm.summary, summary_chars)[0]) or "_no summary_",
+            "text": escape_markdown(truncate(alarm.summary, summary_chars)[0])
+            or "_no summary_",
             "wrap": True,
         },
         {
             "type": "FactSet",
             "facts": [
-                {"title": label, "value": escape_markdown(cut(value))} for label, value in facts
+                {"title": label, "value": escape_markdown(cut(value))}
+                for label, value in facts
             ],
         },
     ]
@@ -124,9 +135,22 @@ def render_card(alarms: Sequence[Alarm], links: Links = Links()) -> Rendered:
             title = group_title(alarms)
             if len(shown) < len(alarms):
                 title += f" (showing {len(shown)})"
-            body.append({"type": "TextBlock", "text": title, "weight": "Bolder", "size": "Large", "wrap": True})
+            body.append(
+                {
+                    "type": "TextBlock",
+                    "text": title,
+                    "weight": "Bolder",
+                    "size": "Large",
+                    "wrap": True,
+                }
+            )
         body += [_container(a, links, summary_chars, full=full) for a in shown]
-        card = {"$schema": CARD_SCHEMA, "type": "AdaptiveCard", "version": "1.4", "body": body}
+        card = {
+            "$schema": CARD_SCHEMA,
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": body,
+        }
         attachment = {"contentType": ADAPTIVE_CARD, "contentUrl": None, "content": card}
         return {"type": "message", "attachments": [attachment]}
 

@@ -19,6 +19,7 @@ import dataclasses
 import html
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -56,7 +57,15 @@ TELEGRAM_API = "https://api.telegram.org"
 # (https://core.telegram.org/bots/api#sendmessage).
 MAX_TEXT_CHARS = 4096
 
-KEYS = (*CHAT_KEYS, "token", "token_env", "token_file", "chat_id", "message_thread_id", "api_url")
+KEYS = (
+    *CHAT_KEYS,
+    "token",
+    "token_env",
+    "token_file",
+    "chat_id",
+    "message_thread_id",
+    "api_url",
+)
 
 _TAG = re.compile(r"<[^>]*>")
 
@@ -85,7 +94,9 @@ class TelegramConfig:
             raise TypeError(f"token must be a Secret, got {type(self.token).__name__}")
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str) -> TelegramConfig:
+    def parse(
+        cls, raw: Mapping[str, Any], where: str, environ: Mapping[str, str], name: str
+    ) -> TelegramConfig:
         token = resolve_secret(raw, "token", where, environ)
         if re.fullmatch(r"\d+:[A-Za-z0-9_-]+", token.reveal()) is None:
             raise SinkConfigError(
@@ -93,10 +104,13 @@ class TelegramConfig:
                 "as @BotFather gives it"
             )
         if "chat_id" not in raw:
-            raise SinkConfigError(f"{where}.chat_id: missing, expected a chat id or @channel")
+            raise SinkConfigError(
+                f"{where}.chat_id: missing, expected a chat id or @channel"
+            )
         chat_id = raw["chat_id"]
         valid_chat = (isinstance(chat_id, int) and not isinstance(chat_id, bool)) or (
-            isinstance(chat_id, str) and re.fullmatch(r"-?\d+|@[A-Za-z0-9_]{5,}", chat_id)
+            isinstance(chat_id, str)
+            and re.fullmatch(r"-?\d+|@[A-Za-z0-9_]{5,}", chat_id)
         )
         if not valid_chat:
             raise SinkConfigError(
@@ -106,14 +120,20 @@ class TelegramConfig:
         if isinstance(chat_id, str) and chat_id.lstrip("-").isdigit():
             chat_id = int(chat_id)
         thread = raw.get("message_thread_id")
-        if thread is not None and (isinstance(thread, bool) or not isinstance(thread, int)):
+        if thread is not None and (
+            isinstance(thread, bool) or not isinstance(thread, int)
+        ):
             raise SinkConfigError(
                 f"{where}.message_thread_id: invalid value {thread!r}, expected a number"
             )
         options = parse_chat_options(raw, where)
         if "api_url" in raw:
-            options["api_url"] = check_url(resolve_secret(raw, "api_url", where, environ))
-        return cls(name=name, token=token, chat_id=chat_id, message_thread_id=thread, **options)
+            options["api_url"] = check_url(
+                resolve_secret(raw, "api_url", where, environ)
+            )
+        return cls(
+            name=name, token=token, chat_id=chat_id, message_thread_id=thread, **options
+        )
 
 
 def visible_length(text: str) -> int:
@@ -129,14 +149,19 @@ def _alarm_block(alarm: Alarm, links: Links, summary_chars: int, *, full: bool) 
     lines = [title]
     if full:
         facts = alarm_facts(alarm)
-        lines += [f"<b>{label}</b>: {escape_html(cut(value))}" for label, value in facts]
+        lines += [
+            f"<b>{label}</b>: {escape_html(cut(value))}" for label, value in facts
+        ]
     else:
         since = dict(alarm_facts(alarm))["Since"]
         lines.append(f"cluster {escape_html(cut(alarm.cluster))} · since {since}")
     if alarm.summary:
         # Cut before escaping, so that no entity is split.
         lines.append(escape_html(truncate(alarm.summary, summary_chars)[0]))
-    rendered = [f'<a href="{escape_html(url)}">{label}</a>' for label, url in links.render(alarm)]
+    rendered = [
+        f'<a href="{escape_html(url)}">{label}</a>'
+        for label, url in links.render(alarm)
+    ]
     if rendered:
         lines.append(" · ".join(rendered))
     return "\n".join(lines)
@@ -164,8 +189,10 @@ class TelegramSink(ChatSink):
     kind = "telegram"
     max_group = 20
 
-    def __init__(self, config: TelegramConfig, *, now: Callable[[], float] | None = None) -> None:
-        super().__init__(config, **({"now": now} if now else {}))
+    def __init__(
+        self, config: TelegramConfig, *, now: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(config, now=now)
         # The chat posted to; replaced when Telegram says the group migrated.
         self.chat_id: int | str = config.chat_id
 
@@ -185,7 +212,14 @@ class TelegramSink(ChatSink):
             payload["message_thread_id"] = self.config.message_thread_id
         return Rendered(payload, rendered.truncated)
 
-    def classify(self, response: httpx.Response, *, sink: str, body: bytes, now: Callable[[], float]) -> str:
+    def classify(
+        self,
+        response: httpx.Response,
+        *,
+        sink: str,
+        body: bytes,
+        now: Callable[[], float],
+    ) -> str:
         answer = parse_json(body)
         parameters = answer.get("parameters") if isinstance(answer, dict) else None
         parameters = parameters if isinstance(parameters, dict) else {}
@@ -199,7 +233,11 @@ class TelegramSink(ChatSink):
                 status=status,
             )
         migrate_to = parameters.get("migrate_to_chat_id")
-        if status == 400 and isinstance(migrate_to, int) and not isinstance(migrate_to, bool):
+        if (
+            status == 400
+            and isinstance(migrate_to, int)
+            and not isinstance(migrate_to, bool)
+        ):
             logger.warning(
                 "telegram group became a supergroup, switching chat sink=%s chat=%s",
                 sink,

@@ -48,7 +48,9 @@ async def main(folder: Path, key_file: Path, url: str, count: int) -> None:
         for n in range(count)
     ]
     async with httpx.AsyncClient() as client:
-        sink = WebhookSink(WebhookConfig(name="hook", url=Secret(url)), signing_key=key, signer="seoul")
+        sink = WebhookSink(
+            WebhookConfig(name="hook", url=Secret(url)), signing_key=key, signer="seoul"
+        )
         outbox = Outbox(
             folder,
             {"hook": SinkDestination(sink, client)},

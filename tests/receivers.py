@@ -175,7 +175,9 @@ class _Receiver:
             headers=headers,
             body=bytes(body),
             json=_parse_json(bytes(body)),
-            query=dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
+            query=dict(
+                urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+            ),
         )
         self.requests.append(request)
 
@@ -455,7 +457,9 @@ def _check_text_object(
     return None
 
 
-def _json_response(status: int, data: Any, headers: Headers = ()) -> tuple[int, Headers, bytes]:
+def _json_response(
+    status: int, data: Any, headers: Headers = ()
+) -> tuple[int, Headers, bytes]:
     body = json.dumps(data).encode("utf-8")
     return status, [*headers, (b"content-type", b"application/json")], body
 
@@ -510,7 +514,9 @@ class SlackApiReceiver(_ChatReceiver):
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         super().__init__()
-        self.token = token or f"xoxb-{secrets.randbelow(10**12)}-{secrets.token_hex(12)}"
+        self.token = (
+            token or f"xoxb-{secrets.randbelow(10**12)}-{secrets.token_hex(12)}"
+        )
         self.channels = set(channels)
         self.not_member = set(not_member)
         self._rate, self._burst, self._clock = rate, burst, clock
@@ -546,7 +552,9 @@ class SlackApiReceiver(_ChatReceiver):
             retry_after = str(max(1, math.ceil(wait))).encode("ascii")
             self.rejections.append("ratelimited")
             return _json_response(
-                429, {"ok": False, "error": "ratelimited"}, [(b"retry-after", retry_after)]
+                429,
+                {"ok": False, "error": "ratelimited"},
+                [(b"retry-after", retry_after)],
             )
 
         problem = _check_slack_request(request)
@@ -571,8 +579,22 @@ class SlackApiReceiver(_ChatReceiver):
 TELEGRAM_TEXT_CHARS = 4096
 # Tags that parse_mode HTML accepts (https://core.telegram.org/bots/api#html-style).
 TELEGRAM_TAGS = {
-    "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code",
-    "pre", "tg-spoiler", "span", "blockquote", "tg-emoji",
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "a",
+    "code",
+    "pre",
+    "tg-spoiler",
+    "span",
+    "blockquote",
+    "tg-emoji",
 }
 _TELEGRAM_ENTITIES = {"&lt;", "&gt;", "&amp;", "&quot;"}
 
@@ -612,8 +634,14 @@ class TelegramBotApi(_ChatReceiver):
         self._message_id = 0
 
     @staticmethod
-    def _error(status: int, description: str, **parameters: Any) -> tuple[int, Headers, bytes]:
-        data: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    def _error(
+        status: int, description: str, **parameters: Any
+    ) -> tuple[int, Headers, bytes]:
+        data: dict[str, Any] = {
+            "ok": False,
+            "error_code": status,
+            "description": description,
+        }
         if parameters:
             data["parameters"] = parameters
         return _json_response(status, data)
@@ -649,7 +677,9 @@ class TelegramBotApi(_ChatReceiver):
             retry_after = max(1, math.ceil(wait))
             self.rejections.append("too many requests")
             return self._error(
-                429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after
+                429,
+                f"Too Many Requests: retry after {retry_after}",
+                retry_after=retry_after,
             )
 
         problem = _check_telegram_text(payload)
@@ -658,7 +688,11 @@ class TelegramBotApi(_ChatReceiver):
             return self._error(400, f"Bad Request: {problem}")
         self.messages.append(payload)
         self._message_id += 1
-        result = {"message_id": self._message_id, "chat": {"id": chat}, "text": payload["text"]}
+        result = {
+            "message_id": self._message_id,
+            "chat": {"id": chat},
+            "text": payload["text"],
+        }
         return _json_response(200, {"ok": True, "result": result})
 
 
@@ -691,7 +725,9 @@ def _parse_telegram_html(text: str) -> str | None:
         if token.startswith("&"):
             if token not in _TELEGRAM_ENTITIES:
                 return None
-            visible.append({"&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"'}[token])
+            visible.append(
+                {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"'}[token]
+            )
             continue
         closing, tag = match.group(1), match.group(2)
         if tag not in TELEGRAM_TAGS:
@@ -777,7 +813,9 @@ class DiscordWebhookReceiver(_ChatReceiver):
         if scripted is not None:
             return scripted
         if request.method != "POST":
-            return _json_response(405, {"message": "405: Method Not Allowed", "code": 0})
+            return _json_response(
+                405, {"message": "405: Method Not Allowed", "code": 0}
+            )
 
         headers, reset_after = self._rate_headers()
         if self._used >= self.limit:
@@ -787,23 +825,36 @@ class DiscordWebhookReceiver(_ChatReceiver):
                 (b"retry-after", str(math.ceil(reset_after)).encode()),
                 (b"x-ratelimit-scope", b"shared"),
             ]
-            body = {"message": "You are being rate limited.", "retry_after": round(reset_after, 3), "global": False}
+            body = {
+                "message": "You are being rate limited.",
+                "retry_after": round(reset_after, 3),
+                "global": False,
+            }
             return _json_response(429, body, headers)
         self._used += 1
         headers = [
-            (n, str(max(0, self.limit - self._used)).encode()) if n == b"x-ratelimit-remaining" else (n, v)
+            (n, str(max(0, self.limit - self._used)).encode())
+            if n == b"x-ratelimit-remaining"
+            else (n, v)
             for n, v in headers
         ]
 
         problem = _check_discord_payload(request)
         if problem is not None:
             self.rejections.append(problem)
-            body = {"code": 50035, "message": "Invalid Form Body", "errors": {"_errors": [{"message": problem}]}}
+            body = {
+                "code": 50035,
+                "message": "Invalid Form Body",
+                "errors": {"_errors": [{"message": problem}]},
+            }
             return _json_response(400, body, headers)
         self.messages.append(request.json)
         if request.query.get("wait") != "true":
             return 204, headers, b""
-        message = {"id": str(1_200_000_000_000_000_000 + len(self.messages)), **request.json}
+        message = {
+            "id": str(1_200_000_000_000_000_000 + len(self.messages)),
+            **request.json,
+        }
         return _json_response(200, message, headers)
 
 
@@ -815,7 +866,9 @@ def _check_discord_payload(request: ReceivedRequest) -> str | None:
     embeds = payload.get("embeds")
     if not content and not embeds:
         return "cannot send an empty message"
-    if content is not None and (not isinstance(content, str) or len(content) > DISCORD_CONTENT_CHARS):
+    if content is not None and (
+        not isinstance(content, str) or len(content) > DISCORD_CONTENT_CHARS
+    ):
         return f"content must be a string of at most {DISCORD_CONTENT_CHARS}"
     if embeds is None:
         return None
@@ -825,7 +878,10 @@ def _check_discord_payload(request: ReceivedRequest) -> str | None:
     for index, embed in enumerate(embeds):
         if not isinstance(embed, dict):
             return f"embeds[{index}] is not an object"
-        for key, limit in (("title", DISCORD_TITLE_CHARS), ("description", DISCORD_DESCRIPTION_CHARS)):
+        for key, limit in (
+            ("title", DISCORD_TITLE_CHARS),
+            ("description", DISCORD_DESCRIPTION_CHARS),
+        ):
             value = embed.get(key, "")
             if not isinstance(value, str) or len(value) > limit:
                 return f"embeds[{index}].{key} longer than {limit}"
@@ -835,9 +891,17 @@ def _check_discord_payload(request: ReceivedRequest) -> str | None:
             return f"embeds[{index}].fields: at most {DISCORD_FIELDS}"
         for field in fields:
             name, value = field.get("name"), field.get("value")
-            if not isinstance(name, str) or not name or len(name) > DISCORD_FIELD_NAME_CHARS:
+            if (
+                not isinstance(name, str)
+                or not name
+                or len(name) > DISCORD_FIELD_NAME_CHARS
+            ):
                 return f"embeds[{index}] field name must be 1-{DISCORD_FIELD_NAME_CHARS} chars"
-            if not isinstance(value, str) or not value or len(value) > DISCORD_FIELD_VALUE_CHARS:
+            if (
+                not isinstance(value, str)
+                or not value
+                or len(value) > DISCORD_FIELD_VALUE_CHARS
+            ):
                 return f"embeds[{index}] field value must be 1-{DISCORD_FIELD_VALUE_CHARS} chars"
             total += len(name) + len(value)
         footer = embed.get("footer", {}).get("text", "")
@@ -848,7 +912,9 @@ def _check_discord_payload(request: ReceivedRequest) -> str | None:
             return f"embeds[{index}].author longer than {DISCORD_AUTHOR_CHARS}"
         total += len(footer) + len(author)
         color = embed.get("color")
-        if color is not None and (not isinstance(color, int) or not 0 <= color <= 0xFFFFFF):
+        if color is not None and (
+            not isinstance(color, int) or not 0 <= color <= 0xFFFFFF
+        ):
             return f"embeds[{index}].color is not a 24-bit integer"
     if total > DISCORD_TOTAL_CHARS:
         return f"embeds have {total} characters, limit {DISCORD_TOTAL_CHARS}"
@@ -902,14 +968,20 @@ class GoogleChatReceiver(_ChatReceiver):
 
     @staticmethod
     def _error(code: int, status: str, message: str) -> tuple[int, Headers, bytes]:
-        return _json_response(code, {"error": {"code": code, "message": message, "status": status}})
+        return _json_response(
+            code, {"error": {"code": code, "message": message, "status": status}}
+        )
 
     async def handle(self, request: ReceivedRequest) -> tuple[int, Headers, bytes]:
         if request.path != self.path:
             return self._error(404, "NOT_FOUND", "Requested entity was not found.")
         params = request.query
         if params.get("token") != self.token or params.get("key") != self.key:
-            return self._error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+            return self._error(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials.",
+            )
         scripted = self._take_scripted()
         if scripted is not None:
             return scripted
@@ -919,10 +991,16 @@ class GoogleChatReceiver(_ChatReceiver):
         request_id = params.get("requestId")
         if request_id is not None and request_id in self.by_request_id:
             name = self.by_request_id[request_id]
-            return _json_response(200, {"name": name, "space": {"name": f"spaces/{self.space}"}})
+            return _json_response(
+                200, {"name": name, "space": {"name": f"spaces/{self.space}"}}
+            )
         if self._bucket.take() > 0:
             self.rejections.append("resource exhausted")
-            return self._error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).")
+            return self._error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+            )
 
         problem = self._check(request, params)
         if problem is not None:
@@ -951,7 +1029,9 @@ class GoogleChatReceiver(_ChatReceiver):
             return "cardsV2 must be a list"
         for card in cards:
             body = card.get("card") if isinstance(card, dict) else None
-            if not isinstance(body, dict) or not isinstance(body.get("sections", []), list):
+            if not isinstance(body, dict) or not isinstance(
+                body.get("sections", []), list
+            ):
                 return "cardsV2[].card must be a card"
             for section in body.get("sections", []):
                 widgets = section.get("widgets")
@@ -999,9 +1079,14 @@ class TeamsWorkflowReceiver(_ChatReceiver):
     async def handle(self, request: ReceivedRequest) -> tuple[int, Headers, bytes]:
         params = request.query
         if request.path != self.path:
-            return _json_response(404, {"error": {"code": "TriggerNotFound", "message": "not found"}})
+            return _json_response(
+                404, {"error": {"code": "TriggerNotFound", "message": "not found"}}
+            )
         if params.get("sig") != self.sig:
-            error = {"code": "DirectApiAuthorizationRequired", "message": "The request must be authenticated."}
+            error = {
+                "code": "DirectApiAuthorizationRequired",
+                "message": "The request must be authenticated.",
+            }
             return _json_response(401, {"error": error})
         scripted = self._take_scripted()
         if scripted is not None:
@@ -1010,14 +1095,24 @@ class TeamsWorkflowReceiver(_ChatReceiver):
             return 405, [], b""
         if self._bucket.take() > 0:
             self.rejections.append("too many requests")
-            return _json_response(429, {"error": {"code": "WorkflowTriggeredTooManyTimes", "message": "Rate limit"}})
+            return _json_response(
+                429,
+                {
+                    "error": {
+                        "code": "WorkflowTriggeredTooManyTimes",
+                        "message": "Rate limit",
+                    }
+                },
+            )
         if len(request.body) > TEAMS_MESSAGE_BYTES:
             self.rejections.append("too large")
             return 413, [], b"Request Entity Too Large"
         problem = _check_teams_payload(request)
         if problem is not None:
             self.rejections.append(problem)
-            return _json_response(400, {"error": {"code": "InvalidRequestContent", "message": problem}})
+            return _json_response(
+                400, {"error": {"code": "InvalidRequestContent", "message": problem}}
+            )
         self.messages.append(request.json)
         return 202, [], b""
 
@@ -1060,7 +1155,9 @@ def _check_card_elements(elements: list[Any]) -> str | None:
                 return problem
         if element["type"] == "FactSet":
             for fact in element.get("facts", []):
-                if not isinstance(fact.get("title"), str) or not isinstance(fact.get("value"), str):
+                if not isinstance(fact.get("title"), str) or not isinstance(
+                    fact.get("value"), str
+                ):
                     return "a fact needs a title and a value"
     return None
 

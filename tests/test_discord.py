@@ -20,7 +20,9 @@ from sinks.discord import (
 
 
 def sink_for(base_url: str, hook: DiscordWebhookReceiver) -> DiscordSink:
-    return DiscordSink(DiscordConfig(name="ops-discord", url=Secret(base_url + hook.path)))
+    return DiscordSink(
+        DiscordConfig(name="ops-discord", url=Secret(base_url + hook.path))
+    )
 
 
 def test_render_colour_title_fields(make_signed_alarm):
@@ -46,7 +48,9 @@ def test_render_escapes_markdown_and_mentions(make_signed_alarm):
 
 
 def test_render_oversized_group_fits_limits(make_signed_alarm):
-    alarms = [make_signed_alarm(incident=f"i{n}", summary="x" * 5000).alarm for n in range(14)]
+    alarms = [
+        make_signed_alarm(incident=f"i{n}", summary="x" * 5000).alarm for n in range(14)
+    ]
     rendered = render_embeds(alarms)
     embeds = rendered.payload["embeds"]
 
@@ -75,7 +79,9 @@ async def test_sink_waits_for_empty_bucket_instead_of_collecting_429s(
     async with serve_receiver(hook) as base_url:
         sink = sink_for(base_url, hook)
         for n in range(5):
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key=f"k{n}")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key=f"k{n}"
+            )
 
     assert len(hook.messages) == 5
     assert hook.rate_limited == 0
@@ -84,7 +90,11 @@ async def test_sink_waits_for_empty_bucket_instead_of_collecting_429s(
 async def test_sink_429_retry_after_from_body(make_signed_alarm, http_client):
     hook = DiscordWebhookReceiver()
     body = '{"message": "You are being rate limited.", "retry_after": 1.234, "global": false}'
-    hook.respond_next(429, body=body, headers=[("Retry-After", "1"), ("Content-Type", "application/json")])
+    hook.respond_next(
+        429,
+        body=body,
+        headers=[("Retry-After", "1"), ("Content-Type", "application/json")],
+    )
     async with serve_receiver(hook) as base_url:
         with pytest.raises(SinkRetryableError) as caught:
             await sink_for(base_url, hook).send(
@@ -102,19 +112,25 @@ async def test_sink_rate_limit_from_real_bucket(make_signed_alarm, http_client):
         # The bucket is empty for 30 s: the sink asks the outbox to wait
         # rather than sending a request that would get a 429.
         with pytest.raises(SinkRetryableError) as caught:
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k2")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key="k2"
+            )
 
     assert 25 < caught.value.retry_after <= 30
     assert len(hook.requests) == 1
 
 
-async def test_sink_deleted_webhook_is_permanent_and_hides_token(make_signed_alarm, http_client):
+async def test_sink_deleted_webhook_is_permanent_and_hides_token(
+    make_signed_alarm, http_client
+):
     hook = DiscordWebhookReceiver()
     async with serve_receiver(hook) as base_url:
         url = f"{base_url}/api/webhooks/{hook.webhook_id}/{'Z' * 60}"
         sink = DiscordSink(DiscordConfig(name="d", url=Secret(url)))
         with pytest.raises(SinkPermanentError) as caught:
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key="k1"
+            )
 
     assert caught.value.status == 404
     assert "10015" in str(caught.value)
@@ -123,5 +139,7 @@ async def test_sink_deleted_webhook_is_permanent_and_hides_token(make_signed_ala
 
 def test_config_rejects_url_that_is_not_a_webhook():
     raw = {"name": "d", "type": "discord", "url": "https://discord.com/channels/1/2"}
-    with pytest.raises(SinkConfigError, match=r"sinks\[0\].url: not a Discord webhook URL"):
+    with pytest.raises(
+        SinkConfigError, match=r"sinks\[0\].url: not a Discord webhook URL"
+    ):
         parse_sink_config(0, raw, {})

@@ -9,10 +9,17 @@ from receivers import GoogleChatReceiver, serve_receiver
 from sinks import Secret, SinkConfigError, SinkPermanentError, SinkRetryableError
 from sinks._chat import json_body
 from sinks.config import parse_sink_config
-from sinks.googlechat import MAX_MESSAGE_BYTES, GoogleChatConfig, GoogleChatSink, render_card
+from sinks.googlechat import (
+    MAX_MESSAGE_BYTES,
+    GoogleChatConfig,
+    GoogleChatSink,
+    render_card,
+)
 
 
-def sink_for(base_url: str, chat: GoogleChatReceiver, token: str | None = None) -> GoogleChatSink:
+def sink_for(
+    base_url: str, chat: GoogleChatReceiver, token: str | None = None
+) -> GoogleChatSink:
     url = f"{base_url}{chat.path}?key={chat.key}&token={token or chat.token}"
     return GoogleChatSink(GoogleChatConfig(name="ops-chat", url=Secret(url)))
 
@@ -23,24 +30,35 @@ def test_render_card_with_escaped_text(make_signed_alarm):
 
     assert card["header"]["title"] == "FIRING (critical): member/busan"
     widgets = card["sections"][0]["widgets"]
-    assert widgets[0] == {"textParagraph": {"text": "&lt;b&gt;bold&lt;/b&gt; &amp; more"}}
+    assert widgets[0] == {
+        "textParagraph": {"text": "&lt;b&gt;bold&lt;/b&gt; &amp; more"}
+    }
     assert {"decoratedText": {"topLabel": "Cluster", "text": "busan"}} in widgets
 
 
 def test_render_oversized_fits_bytes(make_signed_alarm):
-    alarms = [make_signed_alarm(incident=f"i{n}", summary="é😀" * 9000).alarm for n in range(10)]
+    alarms = [
+        make_signed_alarm(incident=f"i{n}", summary="é😀" * 9000).alarm
+        for n in range(10)
+    ]
     rendered = render_card(alarms)
 
     assert len(json_body(rendered.payload)) <= MAX_MESSAGE_BYTES
 
 
-async def test_sink_threads_by_incident_and_is_idempotent(make_signed_alarm, http_client):
+async def test_sink_threads_by_incident_and_is_idempotent(
+    make_signed_alarm, http_client
+):
     chat = GoogleChatReceiver()
     async with serve_receiver(chat) as base_url:
         sink = sink_for(base_url, chat)
-        first = await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
+        first = await sink.send(
+            make_signed_alarm(), client=http_client, idempotency_key="k1"
+        )
         # A retry after a lost answer: the same requestId, no second message.
-        again = await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
+        again = await sink.send(
+            make_signed_alarm(), client=http_client, idempotency_key="k1"
+        )
 
     assert first == again
     assert first.startswith("200 ok: message spaces/")
@@ -56,13 +74,17 @@ async def test_sink_429_is_retried_with_backoff(make_signed_alarm, http_client):
         sink = sink_for(base_url, chat)
         await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
         with pytest.raises(SinkRetryableError) as caught:
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k2")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key="k2"
+            )
 
     assert caught.value.status == 429
     assert caught.value.retry_after is None
 
 
-async def test_sink_revoked_token_is_permanent_and_hidden(make_signed_alarm, http_client, caplog):
+async def test_sink_revoked_token_is_permanent_and_hidden(
+    make_signed_alarm, http_client, caplog
+):
     chat = GoogleChatReceiver()
     wrong = "W" * 40
     async with serve_receiver(chat) as base_url:
@@ -75,6 +97,12 @@ async def test_sink_revoked_token_is_permanent_and_hidden(make_signed_alarm, htt
 
 
 def test_config_requires_webhook_url():
-    raw = {"name": "g", "type": "googlechat", "url": "https://chat.googleapis.com/v1/spaces/X"}
-    with pytest.raises(SinkConfigError, match=r"sinks\[0\].url: not a Google Chat webhook URL"):
+    raw = {
+        "name": "g",
+        "type": "googlechat",
+        "url": "https://chat.googleapis.com/v1/spaces/X",
+    }
+    with pytest.raises(
+        SinkConfigError, match=r"sinks\[0\].url: not a Google Chat webhook URL"
+    ):
         parse_sink_config(0, raw, {})

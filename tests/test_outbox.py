@@ -24,6 +24,7 @@ from sinks.outbox import (
     RetryPolicy,
 )
 
+
 class ScriptedDestination:
     """Fails each key with its scripted exceptions, then accepts it.
 
@@ -289,9 +290,7 @@ async def test_entry_older_than_max_age_expires_without_attempt(
     first.enqueue("k1", "chat", make_frame(1))
 
     chat = ScriptedDestination()
-    restarted = make_outbox(
-        [chat], policy=policy, now=lambda: virtual_now() + 61
-    )
+    restarted = make_outbox([chat], policy=policy, now=lambda: virtual_now() + 61)
     await run_for(restarted, 10)
 
     assert chat.attempts == []

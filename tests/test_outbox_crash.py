@@ -40,10 +40,19 @@ class SlowFlakyReceiver(WebhookReceiver):
 
 
 def start_child(tmp_path: Path, url: str) -> subprocess.Popen:
-    command = [sys.executable, str(CHILD), str(tmp_path / "outbox"), str(tmp_path / "key"), url, str(ALARMS)]
+    command = [
+        sys.executable,
+        str(CHILD),
+        str(tmp_path / "outbox"),
+        str(tmp_path / "key"),
+        url,
+        str(ALARMS),
+    ]
     log = open(tmp_path / "child.log", "ab")
     try:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+        )
     finally:
         log.close()
 

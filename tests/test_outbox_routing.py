@@ -66,13 +66,29 @@ async def test_group_window_sends_alarms_of_one_route_in_one_message(
         await nursery.start(outbox.run)
         for n in range(3):
             outbox.enqueue_many(
-                [Envelope(key=f"k{n}", destination="chat", frame=make_frame(n), group="r", group_window=30)]
+                [
+                    Envelope(
+                        key=f"k{n}",
+                        destination="chat",
+                        frame=make_frame(n),
+                        group="r",
+                        group_window=30,
+                    )
+                ]
             )
             await trio.sleep(5)
         # Outside the window of the first: the next message.
         await trio.sleep(30)
         outbox.enqueue_many(
-            [Envelope(key="k9", destination="chat", frame=make_frame(9), group="r", group_window=30)]
+            [
+                Envelope(
+                    key="k9",
+                    destination="chat",
+                    frame=make_frame(9),
+                    group="r",
+                    group_window=30,
+                )
+            ]
         )
         await trio.sleep(100)
         nursery.cancel_scope.cancel()
@@ -111,7 +127,10 @@ async def test_fallback_gets_alarms_once_primary_failed_long_enough(
         assert fallback.attempts == []
         await trio.sleep(2)
         # Handed over at 60 s, while the primary sleeps in its backoff.
-        assert [key for _, key in fallback.attempts] == ["i1/firing/fallback", "i2/firing/fallback"]
+        assert [key for _, key in fallback.attempts] == [
+            "i1/firing/fallback",
+            "i2/firing/fallback",
+        ]
         assert fallback.attempts[0][0] == 60.0
         # A new alarm for the failing primary goes to the fallback at once.
         outbox.enqueue_many([envelope(3)])
@@ -129,7 +148,9 @@ async def test_fallback_gets_alarms_once_primary_failed_long_enough(
 async def test_permanent_error_hands_alarm_to_fallback_at_once(
     make_outbox, make_frame, autojump_clock
 ):
-    primary = ScriptedDestination("pay-telegram", failures={"k1": [SinkPermanentError("403")]})
+    primary = ScriptedDestination(
+        "pay-telegram", failures={"k1": [SinkPermanentError("403")]}
+    )
     fallback = ScriptedDestination("ops-slack")
     outbox = make_outbox([primary, fallback])
     outbox.enqueue_many(
@@ -216,7 +237,9 @@ async def test_expired_dead_letter_is_archived_and_counted(
     )
 
     # A restart does not upload it again: the marker says it is archived.
-    again = make_outbox([DownUntil("chat", until=0)], policy=policy, dead_letter_archive=archive)
+    again = make_outbox(
+        [DownUntil("chat", until=0)], policy=policy, dead_letter_archive=archive
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(again.run)
         await trio.sleep(10)
@@ -244,7 +267,12 @@ def alarm(key, incident: str, status: Status, subject: str, severity=Severity.CR
 
 ROUTES = {
     "default": {"receivers": ["ops"]},
-    "pay": {"receivers": ["pay"], "repeat_interval": "1h", "fallback": ["ops"], "fallback_after": 60},
+    "pay": {
+        "receivers": ["pay"],
+        "repeat_interval": "1h",
+        "fallback": ["ops"],
+        "fallback_after": 60,
+    },
 }
 PROJECTS = {"pay": {"domains": ["*.pay.example.com"], "route": "pay"}}
 
@@ -252,11 +280,17 @@ PROJECTS = {"pay": {"domains": ["*.pay.example.com"], "route": "pay"}}
 async def test_dispatcher_routes_and_keys_per_incident_transition_receiver(
     make_outbox, signing_key, autojump_clock
 ):
-    ops, pay, archive = ScriptedDestination("ops"), ScriptedDestination("pay"), ScriptedDestination("archive")
+    ops, pay, archive = (
+        ScriptedDestination("ops"),
+        ScriptedDestination("pay"),
+        ScriptedDestination("archive"),
+    )
     outbox = make_outbox([ops, pay, archive])
     dispatcher = Dispatcher(parse_routing(ROUTES, PROJECTS, ["ops", "pay"]), outbox)
 
-    dispatcher.submit(alarm(signing_key, "a@1", Status.FIRING, "https://x.pay.example.com/"))
+    dispatcher.submit(
+        alarm(signing_key, "a@1", Status.FIRING, "https://x.pay.example.com/")
+    )
     dispatcher.submit(alarm(signing_key, "b@1", Status.FIRING, "member/busan"))
     await run_for(outbox, 5)
 
@@ -265,8 +299,14 @@ async def test_dispatcher_routes_and_keys_per_incident_transition_receiver(
     assert archive.delivered == ["a@1/firing/archive", "b@1/firing/archive"]
 
 
-async def test_dispatcher_repeats_until_resolved(make_outbox, signing_key, autojump_clock):
-    ops, pay, archive = ScriptedDestination("ops"), ScriptedDestination("pay"), ScriptedDestination("archive")
+async def test_dispatcher_repeats_until_resolved(
+    make_outbox, signing_key, autojump_clock
+):
+    ops, pay, archive = (
+        ScriptedDestination("ops"),
+        ScriptedDestination("pay"),
+        ScriptedDestination("archive"),
+    )
     outbox = make_outbox([ops, pay, archive])
     dispatcher = Dispatcher(parse_routing(ROUTES, PROJECTS, ["ops", "pay"]), outbox)
     subject = "https://x.pay.example.com/"
@@ -293,7 +333,9 @@ async def test_dispatcher_drops_repeat_of_incident_closed_elsewhere(
     make_outbox, signing_key, autojump_clock
 ):
     pay = ScriptedDestination("pay")
-    outbox = make_outbox([ScriptedDestination("ops"), pay, ScriptedDestination("archive")])
+    outbox = make_outbox(
+        [ScriptedDestination("ops"), pay, ScriptedDestination("archive")]
+    )
     dispatcher = Dispatcher(
         parse_routing(ROUTES, PROJECTS, ["ops", "pay"]), outbox, is_open=lambda i: False
     )
@@ -301,20 +343,26 @@ async def test_dispatcher_drops_repeat_of_incident_closed_elsewhere(
     async with trio.open_nursery() as nursery:
         await nursery.start(outbox.run)
         await nursery.start(dispatcher.run)
-        dispatcher.submit(alarm(signing_key, "a@1", Status.FIRING, "https://x.pay.example.com/"))
+        dispatcher.submit(
+            alarm(signing_key, "a@1", Status.FIRING, "https://x.pay.example.com/")
+        )
         await trio.sleep(3 * 3600)
         nursery.cancel_scope.cancel()
 
     assert pay.delivered == ["a@1/firing/pay"]
 
 
-async def test_dispatcher_severity_filter_archives_only(make_outbox, signing_key, autojump_clock):
+async def test_dispatcher_severity_filter_archives_only(
+    make_outbox, signing_key, autojump_clock
+):
     routes = {"default": {"receivers": ["ops"], "severities": ["critical"]}}
     ops, archive = ScriptedDestination("ops"), ScriptedDestination("archive")
     outbox = make_outbox([ops, archive])
     dispatcher = Dispatcher(parse_routing(routes, None, ["ops"]), outbox)
 
-    decision = dispatcher.submit(alarm(signing_key, "a@1", Status.FIRING, "x", Severity.INFO))
+    decision = dispatcher.submit(
+        alarm(signing_key, "a@1", Status.FIRING, "x", Severity.INFO)
+    )
     await run_for(outbox, 5)
 
     assert decision.receivers == ()

@@ -8,7 +8,13 @@ from mesh.alarm import Severity
 from mesh.config import parse_config
 from mesh.errors import ConfigError
 from sinks.errors import SinkConfigError
-from sinks.routing import MatchReason, Router, parse_duration, parse_routing, subject_host
+from sinks.routing import (
+    MatchReason,
+    Router,
+    parse_duration,
+    parse_routing,
+    subject_host,
+)
 
 SINKS = ["ops-slack", "pay-telegram", "pay-discord", "web-teams", "stdout"]
 
@@ -26,8 +32,14 @@ ROUTES = {
     "platform": {"receivers": ["stdout"]},
 }
 PROJECTS = {
-    "payments": {"domains": ["pay.example.com", "*.pay.example.com"], "route": "payments"},
-    "shop": {"domains": ["shop.pay.example.com", "*.eu.pay.example.com"], "route": "shop"},
+    "payments": {
+        "domains": ["pay.example.com", "*.pay.example.com"],
+        "route": "payments",
+    },
+    "shop": {
+        "domains": ["shop.pay.example.com", "*.eu.pay.example.com"],
+        "route": "shop",
+    },
     "platform": {"clusters": ["busan"], "route": "platform"},
 }
 
@@ -61,13 +73,43 @@ def test_subject_host(subject, host):
     "subject, cluster, route, reason, matched",
     [
         # An exact domain beats every wildcard that covers it.
-        ("https://shop.pay.example.com/", "seoul", "shop", MatchReason.DOMAIN, "shop.pay.example.com"),
-        ("https://pay.example.com/", "seoul", "payments", MatchReason.DOMAIN, "pay.example.com"),
+        (
+            "https://shop.pay.example.com/",
+            "seoul",
+            "shop",
+            MatchReason.DOMAIN,
+            "shop.pay.example.com",
+        ),
+        (
+            "https://pay.example.com/",
+            "seoul",
+            "payments",
+            MatchReason.DOMAIN,
+            "pay.example.com",
+        ),
         # The longest wildcard wins.
-        ("domain/a.eu.pay.example.com", "seoul", "shop", MatchReason.WILDCARD_DOMAIN, "*.eu.pay.example.com"),
-        ("tcp/x.y.pay.example.com:443", "seoul", "payments", MatchReason.WILDCARD_DOMAIN, "*.pay.example.com"),
+        (
+            "domain/a.eu.pay.example.com",
+            "seoul",
+            "shop",
+            MatchReason.WILDCARD_DOMAIN,
+            "*.eu.pay.example.com",
+        ),
+        (
+            "tcp/x.y.pay.example.com:443",
+            "seoul",
+            "payments",
+            MatchReason.WILDCARD_DOMAIN,
+            "*.pay.example.com",
+        ),
         # A domain owner beats the cluster owner.
-        ("https://api.pay.example.com/", "busan", "payments", MatchReason.WILDCARD_DOMAIN, "*.pay.example.com"),
+        (
+            "https://api.pay.example.com/",
+            "busan",
+            "payments",
+            MatchReason.WILDCARD_DOMAIN,
+            "*.pay.example.com",
+        ),
         # Member-down alarms match by cluster.
         ("member/busan", "busan", "platform", MatchReason.CLUSTER, "busan"),
         ("member/seoul", "seoul", "default", MatchReason.DEFAULT, None),
@@ -76,9 +118,15 @@ def test_subject_host(subject, host):
     ],
 )
 def test_decide_owner_precedence(router, subject, cluster, route, reason, matched):
-    decision = router.decide(subject=subject, cluster=cluster, severity=Severity.CRITICAL)
+    decision = router.decide(
+        subject=subject, cluster=cluster, severity=Severity.CRITICAL
+    )
 
-    assert (decision.route.name, decision.reason, decision.matched) == (route, reason, matched)
+    assert (decision.route.name, decision.reason, decision.matched) == (
+        route,
+        reason,
+        matched,
+    )
 
 
 def test_severity_filter_archives_only(router):
@@ -100,7 +148,9 @@ def test_route_options_parsed(router):
 
 def test_explain_names_project_rule_and_channels(router):
     decision = router.decide(
-        subject="https://api.pay.example.com/", cluster="busan", severity=Severity.WARNING
+        subject="https://api.pay.example.com/",
+        cluster="busan",
+        severity=Severity.WARNING,
     )
     text = "\n".join(decision.explain())
 
@@ -124,23 +174,70 @@ def test_no_routes_sends_everything_everywhere():
     "routes, projects, message",
     [
         ({"payments": {"receivers": []}}, None, "routes.default: missing"),
-        ({"default": {"receivers": ["nope"]}}, None, "routes.default.receivers: unknown sink 'nope'"),
+        (
+            {"default": {"receivers": ["nope"]}},
+            None,
+            "routes.default.receivers: unknown sink 'nope'",
+        ),
         ({"default": {}}, None, "routes.default.receivers: missing"),
-        ({"default": {"receivers": [], "colour": 1}}, None, "routes.default.colour: unknown key"),
-        ({"default": {"receivers": [], "severities": ["fatal"]}}, None, "routes.default.severities: invalid value ['fatal']"),
-        ({"default": {"receivers": [], "group_window": "soon"}}, None, "routes.default.group_window: invalid value 'soon'"),
-        ({"default": {"receivers": ["stdout"], "fallback": ["stdout"]}}, None, "routes.default.fallback: invalid value 'stdout', already a receiver"),
-        ({"Default": {"receivers": []}, "default": {"receivers": []}}, None, "routes.Default: invalid name 'Default'"),
-        ({"default": {"receivers": []}}, {"p": {"domains": ["a.com"], "route": "x"}}, "projects.p.route: invalid value 'x'"),
-        ({"default": {"receivers": []}}, {"p": {"route": "default"}}, "projects.p: owns nothing"),
-        ({"default": {"receivers": []}}, {"p": {"domains": ["*.com"], "route": "default"}}, "projects.p.domains[0]: invalid value '*.com'"),
-        ({"default": {"receivers": []}}, {"p": {"domains": ["a_b.com"], "route": "default"}}, "projects.p.domains[0]: invalid value 'a_b.com'"),
+        (
+            {"default": {"receivers": [], "colour": 1}},
+            None,
+            "routes.default.colour: unknown key",
+        ),
+        (
+            {"default": {"receivers": [], "severities": ["fatal"]}},
+            None,
+            "routes.default.severities: invalid value ['fatal']",
+        ),
+        (
+            {"default": {"receivers": [], "group_window": "soon"}},
+            None,
+            "routes.default.group_window: invalid value 'soon'",
+        ),
+        (
+            {"default": {"receivers": ["stdout"], "fallback": ["stdout"]}},
+            None,
+            "routes.default.fallback: invalid value 'stdout', already a receiver",
+        ),
+        (
+            {"Default": {"receivers": []}, "default": {"receivers": []}},
+            None,
+            "routes.Default: invalid name 'Default'",
+        ),
         (
             {"default": {"receivers": []}},
-            {"p": {"clusters": ["busan"], "route": "default"}, "q": {"clusters": ["busan"], "route": "default"}},
+            {"p": {"domains": ["a.com"], "route": "x"}},
+            "projects.p.route: invalid value 'x'",
+        ),
+        (
+            {"default": {"receivers": []}},
+            {"p": {"route": "default"}},
+            "projects.p: owns nothing",
+        ),
+        (
+            {"default": {"receivers": []}},
+            {"p": {"domains": ["*.com"], "route": "default"}},
+            "projects.p.domains[0]: invalid value '*.com'",
+        ),
+        (
+            {"default": {"receivers": []}},
+            {"p": {"domains": ["a_b.com"], "route": "default"}},
+            "projects.p.domains[0]: invalid value 'a_b.com'",
+        ),
+        (
+            {"default": {"receivers": []}},
+            {
+                "p": {"clusters": ["busan"], "route": "default"},
+                "q": {"clusters": ["busan"], "route": "default"},
+            },
             "projects: cluster 'busan' is owned by both 'p' and 'q'",
         ),
-        (None, {"p": {"clusters": ["busan"], "route": "default"}}, "projects: set, but routes is missing"),
+        (
+            None,
+            {"p": {"clusters": ["busan"], "route": "default"}},
+            "projects: set, but routes is missing",
+        ),
     ],
 )
 def test_invalid_routing_names_key_value_and_expectation(routes, projects, message):
@@ -151,7 +248,15 @@ def test_invalid_routing_names_key_value_and_expectation(routes, projects, messa
 
 @pytest.mark.parametrize(
     "text, seconds",
-    [(30, 30.0), (1.5, 1.5), ("90s", 90.0), ("10m", 600.0), ("1h30m", 5400.0), ("1d", 86400.0), ("250ms", 0.25)],
+    [
+        (30, 30.0),
+        (1.5, 1.5),
+        ("90s", 90.0),
+        ("10m", 600.0),
+        ("1h30m", 5400.0),
+        ("1d", 86400.0),
+        ("250ms", 0.25),
+    ],
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text, "x") == seconds
@@ -164,7 +269,9 @@ def agent_config(**changes):
         "key_file": "k",
         "data_dir": "d",
         "archive": "a",
-        "sinks": [{"name": "ops-hook", "type": "webhook", "url": "http://127.0.0.1:9/a"}],
+        "sinks": [
+            {"name": "ops-hook", "type": "webhook", "url": "http://127.0.0.1:9/a"}
+        ],
     }
     raw.update(changes)
     return raw
@@ -187,17 +294,25 @@ def test_agent_config_reads_routes_projects_and_outbox(tmp_path):
 
 def test_agent_config_without_routes_keeps_working(tmp_path):
     config = parse_config(agent_config(), base=tmp_path, environ={})
-    decision = config.routing.decide(subject="member/x", cluster="x", severity=Severity.INFO)
+    decision = config.routing.decide(
+        subject="member/x", cluster="x", severity=Severity.INFO
+    )
     assert decision.receivers == ("ops-hook",)
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"routes": {"default": {"receivers": ["pager"]}}}, "routes.default.receivers: unknown sink 'pager'"),
+        (
+            {"routes": {"default": {"receivers": ["pager"]}}},
+            "routes.default.receivers: unknown sink 'pager'",
+        ),
         ({"outbox": {"max_age": -1}}, "outbox.max_age: invalid value -1"),
         ({"outbox": {"retries": 3}}, "outbox.retries: unknown key"),
-        ({"outbox": {"initial_delay": 10, "max_delay": 1}}, "outbox: invalid max_delay 1.0"),
+        (
+            {"outbox": {"initial_delay": 10, "max_delay": 1}},
+            "outbox: invalid max_delay 1.0",
+        ),
     ],
 )
 def test_agent_config_routing_errors(tmp_path, changes, message):

@@ -35,11 +35,17 @@ def write_config(tmp_path: Path, sinks: list[dict], **extra) -> Path:
     return path
 
 
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "mesh.cli", *args]
     return await trio.to_thread.run_sync(
         lambda: subprocess.run(
-            command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+            command,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
         )
     )
 
@@ -57,7 +63,13 @@ async def test_send_test_prints_receiver_answer(tmp_path):
         }
         config = write_config(tmp_path, [sink])
         result = await run_cli(
-            "--log-level", "debug", "send-test", "--config", str(config), "--sink", "ops-telegram",
+            "--log-level",
+            "debug",
+            "send-test",
+            "--config",
+            str(config),
+            "--sink",
+            "ops-telegram",
             env={"TG_TOKEN": api.token},
         )
 
@@ -74,9 +86,17 @@ async def test_send_test_prints_receiver_answer(tmp_path):
 async def test_send_test_reports_permanent_refusal(tmp_path):
     api = TelegramBotApi(chats=[])
     async with serve_receiver(api) as base_url:
-        sink = {"name": "ops-telegram", "type": "telegram", "token": api.token, "chat_id": CHAT, "api_url": base_url}
+        sink = {
+            "name": "ops-telegram",
+            "type": "telegram",
+            "token": api.token,
+            "chat_id": CHAT,
+            "api_url": base_url,
+        }
         config = write_config(tmp_path, [sink])
-        result = await run_cli("send-test", "--config", str(config), "--sink", "ops-telegram")
+        result = await run_cli(
+            "send-test", "--config", str(config), "--sink", "ops-telegram"
+        )
 
     assert result.returncode == 1
     assert "not delivered after 1 attempt: permanent_error:" in result.stdout
@@ -95,22 +115,38 @@ async def test_send_test_unknown_sink_exits_2(tmp_path):
 ROUTING = {
     "routes": {
         "default": {"receivers": ["stdout"]},
-        "payments": {"receivers": ["pay"], "severities": ["critical"], "fallback": ["stdout"]},
+        "payments": {
+            "receivers": ["pay"],
+            "severities": ["critical"],
+            "fallback": ["stdout"],
+        },
     },
     "projects": {
-        "payments": {"domains": ["*.pay.example.com"], "clusters": ["busan"], "route": "payments"}
+        "payments": {
+            "domains": ["*.pay.example.com"],
+            "clusters": ["busan"],
+            "route": "payments",
+        }
     },
 }
-SINKS = [{"name": "stdout", "type": "log"}, {"name": "pay", "type": "webhook", "url": "http://127.0.0.1:9/x"}]
+SINKS = [
+    {"name": "stdout", "type": "log"},
+    {"name": "pay", "type": "webhook", "url": "http://127.0.0.1:9/x"},
+]
 
 
 async def test_route_explain_names_route_and_reason(tmp_path):
     config = write_config(tmp_path, SINKS, **ROUTING)
-    result = await run_cli("route", "--config", str(config), "--explain", "https://shop.pay.example.com/")
+    result = await run_cli(
+        "route", "--config", str(config), "--explain", "https://shop.pay.example.com/"
+    )
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "incident:  subject=https://shop.pay.example.com/ cluster=seoul severity=critical"
+    assert (
+        lines[0]
+        == "incident:  subject=https://shop.pay.example.com/ cluster=seoul severity=critical"
+    )
     assert "project:   payments (owns the wildcard *.pay.example.com)" in lines
     assert "route:     payments (reason: wildcard_domain)" in lines
     assert "receivers: pay" in lines
@@ -120,7 +156,15 @@ async def test_route_explain_names_route_and_reason(tmp_path):
 async def test_route_explain_filtered_severity_and_cluster(tmp_path):
     config = write_config(tmp_path, SINKS, **ROUTING)
     result = await run_cli(
-        "route", "--config", str(config), "--explain", "member/busan", "--cluster", "busan", "--severity", "info"
+        "route",
+        "--config",
+        str(config),
+        "--explain",
+        "member/busan",
+        "--cluster",
+        "busan",
+        "--severity",
+        "info",
     )
 
     assert "project:   payments (owns the cluster busan)" in result.stdout

@@ -477,7 +477,8 @@ async def test_slack_mock_accepts_payload_at_limits(
 
 async def test_slack_mock_rejects_form_content_type(slack: Setup) -> None:
     response = await slack.client.post(
-        slack.base_url + slack.receiver.path, content=b'{"text":"hi"}',
+        slack.base_url + slack.receiver.path,
+        content=b'{"text":"hi"}',
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 400
@@ -499,7 +500,13 @@ async def test_slack_mock_rejects_get(slack: Setup) -> None:
 # chat.postMessage with a bot token, against the local Web API stand-in
 
 
-def bot_sink(base_url: str, api: SlackApiReceiver, *, token: str | None = None, channel: str = "C0ALARMS01") -> SlackSink:
+def bot_sink(
+    base_url: str,
+    api: SlackApiReceiver,
+    *,
+    token: str | None = None,
+    channel: str = "C0ALARMS01",
+) -> SlackSink:
     config = SlackConfig(
         name="ops-slack-bot",
         token=Secret(token or api.token),
@@ -569,7 +576,9 @@ async def test_slack_bot_rate_limit_per_channel(
         sink = bot_sink(base_url, api)
         await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
         with pytest.raises(SinkRetryableError) as caught:
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k2")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key="k2"
+            )
     assert caught.value.retry_after == 1.0
 
 
@@ -577,7 +586,10 @@ async def test_slack_group_message_accepted(
     make_signed_alarm: Callable[..., SignedAlarm], http_client: httpx.AsyncClient
 ) -> None:
     receiver = SlackWebhookReceiver()
-    group = [make_signed_alarm(incident=f"i{n}", summary="<!channel> " * 400) for n in range(30)]
+    group = [
+        make_signed_alarm(incident=f"i{n}", summary="<!channel> " * 400)
+        for n in range(30)
+    ]
     async with serve_receiver(receiver) as base_url:
         await slack_sink(base_url, receiver).send_group(
             group, client=http_client, idempotency_key="g"
@@ -589,12 +601,21 @@ async def test_slack_group_message_accepted(
 
 
 def test_slack_config_webhook_or_token_not_both() -> None:
-    raw = {"name": "s", "type": "slack", "url": "https://hooks.slack.com/x", "token": "xoxb-1"}
-    with pytest.raises(SinkConfigError, match=r"sinks\[0\]: url and token are both set"):
+    raw = {
+        "name": "s",
+        "type": "slack",
+        "url": "https://hooks.slack.com/x",
+        "token": "xoxb-1",
+    }
+    with pytest.raises(
+        SinkConfigError, match=r"sinks\[0\]: url and token are both set"
+    ):
         parse_sink_config(0, raw, {})
 
 
 def test_slack_config_bot_needs_channel() -> None:
     raw = {"name": "s", "type": "slack", "token_env": "T"}
-    with pytest.raises(SinkConfigError, match=r"sinks\[0\].channel: invalid value None"):
+    with pytest.raises(
+        SinkConfigError, match=r"sinks\[0\].channel: invalid value None"
+    ):
         parse_sink_config(0, raw, {"T": "xoxb-1-2"})

@@ -12,7 +12,9 @@ from sinks._chat import Links, json_body
 from sinks.teams import MAX_MESSAGE_BYTES, TeamsConfig, TeamsSink, render_card
 
 
-def sink_for(base_url: str, flow: TeamsWorkflowReceiver, sig: str | None = None) -> TeamsSink:
+def sink_for(
+    base_url: str, flow: TeamsWorkflowReceiver, sig: str | None = None
+) -> TeamsSink:
     url = f"{base_url}{flow.path}?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={sig or flow.sig}"
     return TeamsSink(TeamsConfig(name="ops-teams", url=Secret(url)))
 
@@ -41,18 +43,27 @@ def test_render_colour_by_severity(make_signed_alarm, severity, status, colour):
 
 def test_render_links_as_actions(make_signed_alarm):
     links = Links(ui_url="https://ui.example.com/{incident}")
-    items = card_of(render_card([make_signed_alarm().alarm], links).payload)["body"][0]["items"]
+    items = card_of(render_card([make_signed_alarm().alarm], links).payload)["body"][0][
+        "items"
+    ]
 
     assert items[-1] == {
         "type": "ActionSet",
         "actions": [
-            {"type": "Action.OpenUrl", "title": "Open in UI", "url": "https://ui.example.com/member-down%2Fbusan%403"}
+            {
+                "type": "Action.OpenUrl",
+                "title": "Open in UI",
+                "url": "https://ui.example.com/member-down%2Fbusan%403",
+            }
         ],
     }
 
 
 def test_render_oversized_fits(make_signed_alarm):
-    alarms = [make_signed_alarm(incident=f"i{n}", summary="ü" * 20000).alarm for n in range(10)]
+    alarms = [
+        make_signed_alarm(incident=f"i{n}", summary="ü" * 20000).alarm
+        for n in range(10)
+    ]
     assert len(json_body(render_card(alarms).payload)) <= MAX_MESSAGE_BYTES
 
 
@@ -77,7 +88,9 @@ async def test_sink_429_retryable(make_signed_alarm, http_client):
         sink = sink_for(base_url, flow)
         await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
         with pytest.raises(SinkRetryableError):
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k2")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key="k2"
+            )
 
 
 async def test_sink_wrong_sig_is_permanent_and_hidden(make_signed_alarm, http_client):

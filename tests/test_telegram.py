@@ -42,7 +42,9 @@ def visible(text: str) -> str:
 def test_render_firing_shows_severity_fields_and_summary(make_signed_alarm):
     text = render_text([make_signed_alarm().alarm]).payload
 
-    assert text.startswith("\U0001f534 <b>FIRING (critical)</b>: <code>member/busan</code>")
+    assert text.startswith(
+        "\U0001f534 <b>FIRING (critical)</b>: <code>member/busan</code>"
+    )
     assert "<b>Cluster</b>: busan" in text
     assert "<b>Since</b>: 2024-05-01T11:58:30.000Z" in text
     assert text.endswith("busan missed 3 probes in a row")
@@ -77,7 +79,8 @@ def test_render_links_from_templates(make_signed_alarm):
 
 def test_render_group_puts_each_alarm_in_one_message(make_signed_alarm):
     alarms = [
-        make_signed_alarm(incident=f"i{n}", subject=f"member/m{n}").alarm for n in range(3)
+        make_signed_alarm(incident=f"i{n}", subject=f"member/m{n}").alarm
+        for n in range(3)
     ]
     alarms.append(make_signed_alarm(status=Status.RESOLVED, ended_at=1.0).alarm)
     text = render_text(alarms).payload
@@ -142,21 +145,27 @@ async def test_sink_oversized_group_accepted(make_signed_alarm, http_client, cap
     ]
     caplog.set_level(logging.WARNING, logger="sinks")
     async with serve_receiver(api) as base_url:
-        await sink_for(base_url, api).send_group(group, client=http_client, idempotency_key="g")
+        await sink_for(base_url, api).send_group(
+            group, client=http_client, idempotency_key="g"
+        )
 
     assert api.rejections == []
     [warning] = [r for r in caplog.records if r.name == "sinks.telegram"]
     assert "sink=ops-telegram" in warning.getMessage()
 
 
-async def test_sink_429_carries_retry_after_from_parameters(make_signed_alarm, http_client):
+async def test_sink_429_carries_retry_after_from_parameters(
+    make_signed_alarm, http_client
+):
     clock = FakeClock()
     api = TelegramBotApi(burst=1, rate=1 / 34, clock=clock)
     async with serve_receiver(api) as base_url:
         sink = sink_for(base_url, api)
         await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
         with pytest.raises(SinkRetryableError) as caught:
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k2")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key="k2"
+            )
 
     assert caught.value.retry_after == 34.0
     assert caught.value.status == 429
@@ -168,7 +177,9 @@ async def test_sink_follows_group_migration(make_signed_alarm, http_client):
     async with serve_receiver(api) as base_url:
         sink = sink_for(base_url, api)
         with pytest.raises(SinkRetryableError) as caught:
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key="k1"
+            )
         await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
 
     assert caught.value.retry_after == 0.0
@@ -188,7 +199,9 @@ async def test_sink_refusals_are_permanent_and_hide_token(
             token = Secret(api.token)
             sink = sink_for(base_url, api, chat_id=-42)
         with pytest.raises(SinkPermanentError) as caught:
-            await sink.send(make_signed_alarm(), client=http_client, idempotency_key="k1")
+            await sink.send(
+                make_signed_alarm(), client=http_client, idempotency_key="k1"
+            )
 
     assert caught.value.status in (400, 401)
     assert_no_secret(token.reveal(), str(caught.value), repr(sink), caplog.text)
@@ -223,7 +236,10 @@ def test_config_reads_token_from_environment():
         ({"chat_id": "general"}, "sinks[0].chat_id: invalid value 'general'"),
         ({"chat_id": None}, "sinks[0].chat_id: invalid value None"),
         ({"message_thread_id": "x"}, "sinks[0].message_thread_id: invalid value 'x'"),
-        ({"runbook_url": "https://x/{nope}"}, "sinks[0].runbook_url: unknown placeholder 'nope'"),
+        (
+            {"runbook_url": "https://x/{nope}"},
+            "sinks[0].runbook_url: unknown placeholder 'nope'",
+        ),
         ({"colour": "red"}, "sinks[0].colour: unknown key for type 'telegram'"),
     ],
 )
@@ -232,4 +248,3 @@ def test_config_errors_name_the_key(changes, message):
     with pytest.raises(SinkConfigError) as caught:
         parse_sink_config(0, raw, {})
     assert str(caught.value).startswith(message)
-

@@ -139,3 +139,36 @@ def make_outbox(tmp_path: Path, keyring: Keyring, autojump_clock):
         )
 
     return make
+
+
+def random_alarms(
+    summary: str, count: int, subject: str = "https://x.example.com/"
+) -> list:
+    """Return ``count`` firing alarms that share ``summary``, for property tests."""
+    return [
+        Alarm(
+            incident=f"i{n}",
+            status=Status.FIRING if n % 3 else Status.RESOLVED,
+            severity=Severity.WARNING,
+            subject=subject,
+            cluster="c",
+            reporter="r",
+            observers=("a", "b"),
+            started_at=0.0,
+            sent_at=0.0,
+            summary=summary,
+            ended_at=None if n % 3 else 1.0,
+        )
+        for n in range(count)
+    ]
+
+
+def as_request(payload: Any, path: str = "/") -> Any:
+    """Wrap ``payload`` as the JSON request a sink would send, for mock validators."""
+    import json
+
+    from receivers import ReceivedRequest
+
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = {"content-type": "application/json; charset=utf-8"}
+    return ReceivedRequest("POST", path, headers, body, payload)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import assert_no_secret
+from conftest import as_request, assert_no_secret, random_alarms
 from mesh.alarm import Status
-from receivers import DiscordWebhookReceiver, serve_receiver
+from receivers import DiscordWebhookReceiver, _check_discord_payload, serve_receiver
 from sinks import Secret, SinkConfigError, SinkPermanentError, SinkRetryableError
 from sinks.config import parse_sink_config
 from sinks.discord import (
@@ -143,3 +145,15 @@ def test_config_rejects_url_that_is_not_a_webhook():
         SinkConfigError, match=r"sinks\[0\].url: not a Discord webhook URL"
     ):
         parse_sink_config(0, raw, {})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    summary=st.text(max_size=8000),
+    subject=st.text(min_size=1, max_size=400),
+    count=st.integers(1, 14),
+)
+def test_render_always_within_discord_limits(summary, subject, count):
+    payload = render_embeds(random_alarms(summary, count, subject)).payload
+
+    assert _check_discord_payload(as_request(payload)) is None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import FakeClock, assert_no_secret
+from conftest import FakeClock, as_request, assert_no_secret, random_alarms
 from receivers import GoogleChatReceiver, serve_receiver
 from sinks import Secret, SinkConfigError, SinkPermanentError, SinkRetryableError
 from sinks._chat import json_body
@@ -106,3 +108,15 @@ def test_config_requires_webhook_url():
         SinkConfigError, match=r"sinks\[0\].url: not a Google Chat webhook URL"
     ):
         parse_sink_config(0, raw, {})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    summary=st.text(max_size=20000),
+    subject=st.text(min_size=1, max_size=400),
+    count=st.integers(1, 10),
+)
+def test_render_always_within_google_chat_limits(summary, subject, count):
+    payload = render_card(random_alarms(summary, count, subject)).payload
+
+    assert GoogleChatReceiver._check(as_request(payload), {}) is None

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import FakeClock, assert_no_secret
+from conftest import FakeClock, as_request, assert_no_secret, random_alarms
 from mesh.alarm import Severity, Status
-from receivers import TeamsWorkflowReceiver, serve_receiver
+from receivers import (
+    TEAMS_MESSAGE_BYTES,
+    TeamsWorkflowReceiver,
+    _check_teams_payload,
+    serve_receiver,
+)
 from sinks import Secret, SinkPermanentError, SinkRetryableError
 from sinks._chat import Links, json_body
 from sinks.teams import MAX_MESSAGE_BYTES, TeamsConfig, TeamsSink, render_card
@@ -103,3 +110,16 @@ async def test_sink_wrong_sig_is_permanent_and_hidden(make_signed_alarm, http_cl
             )
     assert caught.value.status == 401
     assert_no_secret(wrong, str(caught.value))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    summary=st.text(max_size=20000),
+    subject=st.text(min_size=1, max_size=400),
+    count=st.integers(1, 10),
+)
+def test_render_always_within_teams_limits(summary, subject, count):
+    request = as_request(render_card(random_alarms(summary, count, subject)).payload)
+
+    assert len(request.body) <= TEAMS_MESSAGE_BYTES
+    assert _check_teams_payload(request) is None

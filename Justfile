@@ -26,3 +26,26 @@ test-quick *args:
 # Measure durable outbox enqueue throughput.
 bench-outbox:
     {{python}} bench/bench_outbox.py
+
+# Measure one-hour and one-day archive queries over 100,000 alarms, folder and S3.
+bench-archive *args:
+    {{python}} bench/bench_archive.py {{args}}
+
+# Compare deduplicated notification with Alertmanager in HA mode (4 to 5 minutes;
+# installs Debian's prometheus-alertmanager when missing).
+bench-dedup *args:
+    {{python}} bench/bench_dedup.py {{args}}
+
+# Compare failure detection, idle traffic and footprint of real agents with
+# Serf for N = 5, 20 and 50, and count false positives of a lossy Serf mesh
+# (about 40 minutes; needs root for network namespaces; installs Debian's serf
+# and iptables when missing).
+bench-detect *args:
+    command -v serf >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq serf)
+    command -v iptables >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables)
+    {{python}} bench/detect.py {{args}}
+
+# Simulate 100 lossy members with starved ones (three seeds) and 1,000 members,
+# each for 10 simulated minutes, and check the simulator's targets.
+bench-sim *args:
+    {{python}} bench/sim.py {{args}}

@@ -36,11 +36,15 @@ from storage import open_archive
 from storage.archive import public_key_key
 from storage.destination import ArchiveDestination
 
-from .alarm import Alarm, Severity, SignedAlarm, Status, open_alarm, seal_alarm
+from .alarm import SignedAlarm, open_alarm, seal_alarm
+from .alarm_builder import AlarmBuilder
+from .checks.observation import Observation
+from .checks.runner import run_checks_forever
 from .config import AgentConfig
 from .errors import Reason, RejectedMessage
-from .http_api import FRAME_CONTENT_TYPE, create_app
-from .incidents import Decision, Report
+from .frame_transport import FrameTransport
+from .http_api import create_app
+from .incidents import Decision, Kind, Report
 from .keys import Keyring, SigningKey, encode_public_key
 from .membership import State
 from .messages import Ping, PingReq, decode_message, encode_message
@@ -54,6 +58,7 @@ from .metrics import (
     message_type,
 )
 from .node import Node, NodeEvents
+from .record_store import RecordStore
 from .swim import Outbound
 from .wire import ReplayGuard, open_frame, seal
 
@@ -68,6 +73,27 @@ SENDER_TASKS = 16
 SEND_QUEUE_SIZE = 1024
 # Deadline of the leave broadcast at shutdown.
 LEAVE_TIMEOUT = 2.0
+# Seconds an idle connection to another agent is kept. A member pings each
+# other member about once per N probe periods, so a connection must outlive that
+# or every probe pays a TCP handshake and teardown (7 more packets, about 500
+# bytes on loopback). Past about 100 members at 1 s periods they expire.
+KEEPALIVE_EXPIRY = 120.0
+# The server keeps idle connections longer than its clients do, so that a client
+# never sends a probe on a connection the server is closing.
+SERVER_KEEPALIVE_TIMEOUT = KEEPALIVE_EXPIRY + 30.0
+# httpx's default request headers that agents do not need; each probe would
+# carry them (about 100 bytes).
+UNNEEDED_HEADERS = ("accept", "accept-encoding", "connection", "user-agent")
+# Deadline of the request to a dead member's cluster endpoint before reporting.
+CLUSTER_ENDPOINT_TIMEOUT = 5.0
+# Seconds reported records are kept on disk; longer than any outage we expect
+# an agent to be restarted during.
+RECORD_RETENTION = 7 * 24 * 3600.0
+# Deadline of one attempt to publish the public key to the archive, and the
+# first and longest wait between attempts, in seconds.
+PUBLISH_KEY_TIMEOUT = 30.0
+PUBLISH_KEY_INITIAL_DELAY = 1.0
+PUBLISH_KEY_MAX_DELAY = 300.0
 
 
 class Agent:
@@ -101,6 +127,8 @@ class Agent:
         self._wake = trio.Event()
         self._send_in, self._send_out = trio.open_memory_channel[Outbound](SEND_QUEUE_SIZE)
         self._reports_in, self._reports_out = trio.open_memory_channel[Report](256)
+        # Last result of each check, to log changes only.
+        self._check_ok: dict[str, bool] = {}
         # Failed rejections logged per reason, to log each reason's first one only.
         self._logged_reasons: set[Reason] = set()
 
@@ -128,6 +156,9 @@ class Agent:
             address=config.advertise,
             swim_config=profile.swim,
             handoff_delay=profile.handoff_delay,
+            group_wait=profile.group_wait,
+            group_share=profile.group_share,
+            checks=config.checks,
             sign=lambda data: self._key.sign(data).signature,
             verify=self.keyring.verify,
             now=trio.current_time(),
@@ -135,11 +166,33 @@ class Agent:
             rng=self._rng,
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._record_store = RecordStore(config.data_dir, retention=RECORD_RETENTION)
+        self.node.restore_records(self._record_store.load(), trio.current_time())
+        self._alarm_builder = AlarmBuilder(
+            reporter=config.name,
+            cluster=config.cluster,
+            checks={check.name: check for check in config.checks},
+            wall_time_of=self._wall_time_of,
+            wall_clock=self._wall_clock,
+        )
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
         timeout = httpx.Timeout(profile.request_timeout)
+        # Frames to other agents go through a client of their own: one TCP
+        # segment per request, long keep-alive, no default headers.
+        mesh_transport = FrameTransport(keepalive_expiry=KEEPALIVE_EXPIRY)
 
-        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-            archive = open_archive(config.archive)
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=timeout) as client,
+            httpx.AsyncClient(transport=mesh_transport, timeout=timeout) as mesh_client,
+        ):
+            for header in UNNEEDED_HEADERS:
+                mesh_client.headers.pop(header, None)
+            self._client = client
+            archive = open_archive(
+                config.archive,
+                endpoint_url=config.archive_endpoint_url,
+                region=config.archive_region,
+            )
             archive = MeteredArchive(archive, self.metrics)
             destinations = {"archive": ArchiveDestination(archive)}
             for sink_config in config.sinks:
@@ -164,17 +217,19 @@ class Agent:
                     incidents.get(incident), "status", None
                 ) == "firing",
             )
-            await self._publish_public_key(archive)
 
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._publish_public_key, archive)
                 await nursery.start(self._serve_http)
                 await nursery.start(self._outbox.run)
                 await nursery.start(self._dispatcher.run)
                 for _ in range(SENDER_TASKS):
-                    nursery.start_soon(self._sender, client)
+                    nursery.start_soon(self._sender, mesh_client)
                 nursery.start_soon(self._reporter)
                 self._dispatch(self.node.join(trio.current_time()))
                 nursery.start_soon(self._timer_loop)
+                if config.checks:
+                    await nursery.start(run_checks_forever, config.checks, self._on_observation)
                 logger.info(
                     "agent started member=%s listen=%s advertise=%s seeds=%s profile=%s",
                     config.name,
@@ -186,7 +241,7 @@ class Agent:
                 task_status.started()
 
                 await self._stop.wait()
-                await self._leave(client)
+                await self._leave(mesh_client)
                 nursery.cancel_scope.cancel()
         logger.info("agent stopped member=%s", config.name)
 
@@ -196,16 +251,28 @@ class Agent:
         hypercorn_config.accesslog = None
         hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
         hypercorn_config.graceful_timeout = 1.0
+        hypercorn_config.keep_alive_timeout = SERVER_KEEPALIVE_TIMEOUT
+        hypercorn_config.include_server_header = False
         await serve(create_app(self), hypercorn_config, task_status=task_status)
 
     async def _publish_public_key(self, archive) -> None:
         # Readers of the archive find the keys to verify alarms with here, next
         # to the alarms; the trusted keys of a configuration take precedence.
-        public_key = encode_public_key(self._key.verify_key) + "\n"
-        try:
-            await archive.put(public_key_key(self.name), public_key.encode())
-        except Exception as exc:  # the archive is optional for the mesh to run
-            logger.warning("cannot publish public key to archive: %s", exc)
+        # This task runs beside the mesh and retries with backoff, so an
+        # archive that is down at start delays nothing and gets the key later.
+        public_key = (encode_public_key(self._key.verify_key) + "\n").encode()
+        delay, logged = PUBLISH_KEY_INITIAL_DELAY, None
+        while True:
+            try:
+                with trio.fail_after(PUBLISH_KEY_TIMEOUT):
+                    await archive.put(public_key_key(self.name), public_key)
+                return
+            except Exception as exc:  # the archive is optional for the mesh to run
+                if str(exc) != logged:
+                    logger.warning("cannot publish public key to archive: %s", exc)
+                    logged = str(exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, PUBLISH_KEY_MAX_DELAY)
 
     async def _leave(self, client: httpx.AsyncClient) -> None:
         assert self.node is not None
@@ -312,17 +379,25 @@ class Agent:
         # A ping is only useful within the probe timeout; any later ack would
         # arrive after the core has moved on.
         if isinstance(item.message, Ping):
-            timeout = self.config.profile.swim.probe_timeout
+            timeout = self.node.swim.probe_timeout()
         else:
             timeout = self.config.profile.request_timeout
         url = f"http://{item.address}/healthz"
-        headers = {"content-type": FRAME_CONTENT_TYPE}
+        # No content-type: the endpoint takes frames only and each frame names
+        # its version, and the header would be a third of a ping's bytes.
+        headers: dict[str, str] = {}
         try:
             with trio.fail_after(timeout):
                 response = await client.post(url, content=body, headers=headers)
-        except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
+        except (httpx.TimeoutException, trio.TooSlowError) as exc:
+            # No answer in time: the core's own timers deal with silence.
+            self.metrics.send_failures.labels(kind, SEND_UNREACHABLE).inc()
+            logger.debug("send timed out type=%s peer=%s error=%r", kind, item.target, exc)
+            return
+        except (httpx.HTTPError, OSError) as exc:
             self.metrics.send_failures.labels(kind, SEND_UNREACHABLE).inc()
             logger.debug("send failed type=%s peer=%s error=%r", kind, item.target, exc)
+            self._delivery_failed(item)
             return
         self.metrics.bytes_sent.labels(kind).inc(len(body))
         if response.status_code != 200:
@@ -334,6 +409,7 @@ class Agent:
                 response.status_code,
                 response.text[:200],
             )
+            self._delivery_failed(item)
             return
         self.metrics.messages_sent.labels(kind).inc()
         if not response.content:
@@ -356,6 +432,14 @@ class Agent:
         replies = self._handle_messages(sender, messages)
         # A reply to a reply is not part of the protocol; send it as a message.
         self._dispatch([Outbound(item.address, sender, r.message) for r in replies])
+
+    def _delivery_failed(self, item: Outbound) -> None:
+        # A refused or rejected message is news for the core: a probe whose
+        # ping was refused goes indirect without waiting for its timeout.
+        assert self.node is not None
+        self._dispatch(self.node.delivery_failed(item, trio.current_time()))
+        self._after_core()
+        self._wake.set()
 
     # ------------------------------------------------------------------
     # Timers and events
@@ -441,42 +525,35 @@ class Agent:
             self.metrics.rejected.labels(BAD_RECORD_SIGNATURE).inc()
             logger.warning("dropped reported record with a bad signature reporter=%s", reporter)
 
+    def _on_observation(self, observation: Observation) -> None:
+        """Feed one check result to the core; log when a check changes."""
+        assert self.node is not None
+        previous = self._check_ok.get(observation.check)
+        self._check_ok[observation.check] = observation.ok
+        if previous is not None and previous != observation.ok:
+            level = logging.INFO if observation.ok else logging.WARNING
+            logger.log(
+                level,
+                "check %s check=%s reason=%s summary=%s",
+                "passing" if observation.ok else "failing",
+                observation.check,
+                observation.reason,
+                observation.summary,
+            )
+        now, wall = trio.current_time(), self._wall_clock()
+        self.node.observe_check(observation.check, observation.ok, observation.summary, now, wall)
+        self._after_core()
+        self._wake.set()
+
     async def _reporter(self) -> None:
         async for report in self._reports_out:
             await self._report(report)
 
-    def _build_alarm(self, report: Report) -> Alarm:
-        firing = report.status == "firing"
-        started_at = self._wall_time_of(report.started)
-        ended_at = None if report.ended is None else self._wall_time_of(report.ended)
-        observers = ", ".join(report.observers) or "no other member"
-        if firing:
-            summary = (
-                f"member {report.subject} stopped answering probes and was declared "
-                f"dead; observed by {observers}"
-            )
-        elif report.left:
-            summary = f"member {report.subject} left the mesh after being declared dead"
-        else:
-            duration = (ended_at or started_at) - started_at
-            summary = f"member {report.subject} is alive again after {duration:.0f}s down"
-        return Alarm(
-            incident=report.incident,
-            status=Status.FIRING if firing else Status.RESOLVED,
-            severity=Severity.CRITICAL,
-            subject=f"member/{report.subject}",
-            cluster=report.subject,
-            reporter=self.name,
-            observers=report.observers,
-            started_at=started_at,
-            sent_at=self._wall_clock(),
-            ended_at=ended_at,
-            summary=summary,
-        )
-
     async def _report(self, report: Report) -> None:
         assert self.node is not None and self._dispatcher is not None
-        signed: SignedAlarm = seal_alarm(self._key, self._build_alarm(report))
+        cluster_answers = await self._probe_cluster_endpoint(report)
+        alarm = self._alarm_builder.build(report, cluster_answers=cluster_answers)
+        signed: SignedAlarm = seal_alarm(self._key, alarm)
         # The route picks the receivers. The entries are durable before
         # anything is sent, and before the record tells the other ranks that
         # they need not report. The write and its fsync block the event loop
@@ -492,6 +569,31 @@ class Agent:
             ",".join(decision.receivers) or "-",
         )
         self._dispatch(self.node.confirm_report(report, signed.alarm.sent_at))
+        self._save_records()
+
+    async def _probe_cluster_endpoint(self, report: Report) -> bool | None:
+        """Tell a dead agent from a dead cluster by the cluster's own endpoint.
+
+        Returns whether the endpoint configured for the member answered (any
+        HTTP status counts: the cluster is up), or None without one.
+        """
+        url = self.config.cluster_endpoints.get(report.subject)
+        if report.kind is not Kind.MEMBER_DOWN or report.status != "firing" or url is None:
+            return None
+        try:
+            with trio.fail_after(CLUSTER_ENDPOINT_TIMEOUT):
+                await self._client.get(url)
+        except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
+            logger.info("cluster endpoint failed member=%s error=%r", report.subject, exc)
+            return False
+        return True
+
+    def _save_records(self) -> None:
+        assert self.node is not None
+        try:
+            self._record_store.save(self.node.incidents.records(), self._wall_clock())
+        except OSError as exc:
+            logger.error("cannot save reported records path=%s error=%s", self._record_store.path, exc)
 
     # ------------------------------------------------------------------
     # Views

@@ -24,7 +24,15 @@ from sinks.config import SinkConfig, parse_sink_config
 from sinks.errors import SinkConfigError
 from sinks.retry import RetryPolicy
 from sinks.routing import Router, parse_duration, parse_routing
+from storage.location import (
+    boto3_installed,
+    check_endpoint_url,
+    check_region,
+    is_s3_url,
+    parse_s3_url,
+)
 
+from .checks.config import CheckConfig, parse_checks
 from .errors import ConfigError, KeyFileError
 from .keys import VerifyKey, parse_public_key
 from .profiles import PROFILES, Profile
@@ -46,14 +54,21 @@ KNOWN_KEYS = {
     "timing",
     "data_dir",
     "archive",
+    "archive_endpoint_url",
+    "archive_region",
     "sinks",
     "routes",
     "projects",
     "outbox",
+    "checks",
+    "cluster_endpoints",
 }
 
 # Keys of ``outbox``: the RetryPolicy fields, as durations.
 OUTBOX_KEYS = ("initial_delay", "max_delay", "max_age", "attempt_timeout")
+
+# Values of the profile itself rather than of its SWIM configuration.
+PROFILE_KEYS = ("handoff_delay", "request_timeout", "replay_window", "group_wait", "group_share")
 
 # Profile values that the ``timing`` key may override, in seconds or counts.
 TIMING_KEYS = {
@@ -66,7 +81,12 @@ TIMING_KEYS = {
     "gossip_nodes": int,
     "push_pull_interval": float,
     "reconnect_interval": float,
+    "suspicion_max_timeout_mult": float,
+    "awareness_max_multiplier": int,
+    "gossip_to_the_dead_time": float,
     "handoff_delay": float,
+    "group_wait": float,
+    "group_share": float,
     "request_timeout": float,
     "replay_window": float,
 }
@@ -90,14 +110,26 @@ class AgentConfig:
     profile: Profile
     # Folder for the outbox and agent state.
     data_dir: Path
-    # Archive location: a folder path.
+    # Archive location: an absolute folder path, or s3://bucket/prefix.
     archive: str
     sinks: tuple[SinkConfig, ...]
+    # URL of an S3-compatible service (MinIO, Ceph RGW) for an s3:// archive;
+    # None for AWS or for the endpoint that AWS_ENDPOINT_URL_S3 names.
+    archive_endpoint_url: str | None = None
+    # Region of an s3:// archive's bucket; None for the environment's
+    # (AWS_REGION) or the profile's. Credentials never come from this file.
+    archive_region: str | None = None
 
     # Which sinks each alarm goes to; None sends every alarm to every sink.
     routing: Router | None = None
     # Retry delays, attempt deadline and maximum age of outbox deliveries.
     outbox_policy: RetryPolicy = RetryPolicy()
+    # Checks this agent runs; see mesh/checks/config.py.
+    checks: tuple[CheckConfig, ...] = ()
+    # Member name to a URL of its cluster that answers without its agent (an
+    # ingress or API server address). A dead member whose URL answers is
+    # reported as "agent down" (warning), otherwise as "cluster unreachable".
+    cluster_endpoints: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def parse_address(key: str, value: Any) -> str:
@@ -177,15 +209,26 @@ def _parse_profile(raw: Mapping[str, Any]) -> Profile:
             raise ConfigError(f"timing.{key}: unknown key, expected one of {expected}")
         kind = TIMING_KEYS[key]
         valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not valid or value <= 0 or (kind is int and value != int(value)):
+        if key == "group_wait" and valid and value == 0:
+            pass  # 0 turns grouping off
+        elif key == "group_share" and (not valid or not 0 < value <= 1):
+            raise ConfigError(
+                f"timing.group_share: invalid value {value!r}, expected a share "
+                "of the mesh above 0 and at most 1"
+            )
+        elif not valid or value <= 0 or (kind is int and value != int(value)):
             unit = "a positive integer" if kind is int else "a positive number of seconds"
             raise ConfigError(f"timing.{key}: invalid value {value!r}, expected {unit}")
-        if key in ("handoff_delay", "request_timeout", "replay_window"):
+        if key in PROFILE_KEYS:
             profile_changes[key] = kind(value)
         else:
             swim_changes[key] = kind(value)
 
-    swim = dataclasses.replace(profile.swim, **swim_changes)
+    try:
+        swim = dataclasses.replace(profile.swim, **swim_changes)
+    except ValueError as exc:
+        # SwimConfig checks how its values relate; its message names them.
+        raise ConfigError(f"timing: {exc}") from None
     if swim.probe_timeout >= swim.probe_interval:
         raise ConfigError(
             f"timing.probe_timeout: {swim.probe_timeout!r} must be shorter than "
@@ -212,6 +255,48 @@ def _parse_sinks(raw: Any, environ: Mapping[str, str]) -> tuple[SinkConfig, ...]
         if names.count(name) > 1:
             raise ConfigError(f"sinks: name {name!r} is used twice, names must be unique")
     return tuple(sinks)
+
+
+def _parse_archive(
+    raw: Mapping[str, Any], base: Path
+) -> tuple[str, str | None, str | None]:
+    """Return the archive location, and the endpoint URL and region of S3.
+
+    A folder path is resolved against ``base``. An ``s3://`` URL is checked but
+    kept as written; credentials never come from the configuration.
+    """
+    expected = "a folder path or s3://bucket/prefix"
+    archive = _require(raw, "archive", str, expected)
+    endpoint_url, region = raw.get("archive_endpoint_url"), raw.get("archive_region")
+    if not is_s3_url(archive):
+        if "://" in archive:
+            # Only the scheme is shown: the rest of a URL may hold credentials.
+            scheme = archive.partition("://")[0]
+            raise ConfigError(
+                f"archive: unsupported scheme {scheme!r}, expected {expected}"
+            )
+        for key in ("archive_endpoint_url", "archive_region"):
+            if raw.get(key) is not None:
+                raise ConfigError(f"{key}: applies only to an s3:// archive")
+        return str(_resolve(base, archive)), None, None
+
+    try:
+        parse_s3_url(archive)
+    except ValueError as exc:
+        raise ConfigError(f"archive: {exc}") from None
+    if not boto3_installed():
+        raise ConfigError("archive: s3:// archives need boto3; install alarminati[s3]")
+    if endpoint_url is not None:
+        try:
+            endpoint_url = check_endpoint_url(endpoint_url)
+        except ValueError as exc:
+            raise ConfigError(f"archive_endpoint_url: {exc}") from None
+    if region is not None:
+        try:
+            region = check_region(region)
+        except ValueError as exc:
+            raise ConfigError(f"archive_region: {exc}") from None
+    return archive.strip(), endpoint_url, region
 
 
 def _parse_routing(raw: Mapping[str, Any], sinks: tuple[SinkConfig, ...]) -> Router:
@@ -289,17 +374,12 @@ def parse_config(
 
     key_file = _resolve(base, _require(raw, "key_file", str, "a path to a private key"))
     data_dir = _resolve(base, _require(raw, "data_dir", str, "a folder path"))
-    archive = _require(raw, "archive", str, "a folder path")
-    if "://" in archive:
-        raise ConfigError(
-            f"archive: invalid value {archive!r}, expected a folder path "
-            "(object storage URLs are not supported yet)"
-        )
-    archive = str(_resolve(base, archive))
+    archive, endpoint_url, region = _parse_archive(raw, base)
 
     sinks = _parse_sinks(raw.get("sinks"), environ)
     routing = _parse_routing(raw, sinks)
     outbox_policy = _parse_outbox(raw.get("outbox"))
+    checks = parse_checks(raw.get("checks"), cluster=cluster, base_dir=base, environ=environ)
 
     return AgentConfig(
         name=name,
@@ -315,7 +395,29 @@ def parse_config(
         sinks=sinks,
         routing=routing,
         outbox_policy=outbox_policy,
+        archive_endpoint_url=endpoint_url,
+        archive_region=region,
+        checks=checks,
+        cluster_endpoints=_parse_cluster_endpoints(raw.get("cluster_endpoints"), name),
     )
+
+
+def _parse_cluster_endpoints(raw: Any, own_name: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"cluster_endpoints: invalid value {raw!r}, expected a mapping of member "
+            "name to URL"
+        )
+    endpoints = {}
+    for member, url in raw.items():
+        key = f"cluster_endpoints.{member}"
+        _parse_name(key, member)
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}: invalid value {url!r}, expected an http or https URL")
+        endpoints[member] = url
+    return endpoints
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:

@@ -9,13 +9,17 @@ only the incidents it ranked first move, each to its own runner-up.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
 __all__ = ["rank_members", "rendezvous_weight"]
 
 
+@functools.lru_cache(maxsize=65536)
 def rendezvous_weight(incident: str, member: str) -> int:
+    # Cached: every member ranks the same (incident, member) pairs, which the
+    # simulator does for a thousand members in one process.
     # Member names never contain NUL (the config rejects it), so the pair is
     # encoded without ambiguity.
     data = incident.encode() + b"\0" + member.encode()
@@ -28,4 +32,11 @@ def rank_members(incident: str, members: Iterable[str]) -> list[str]:
 
     Ties (equal 64-bit weights) are broken by name, so the order is total.
     """
-    return sorted(set(members), key=lambda m: (-rendezvous_weight(incident, m), m))
+    return list(_ranking(incident, frozenset(members)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _ranking(incident: str, members: frozenset[str]) -> tuple[str, ...]:
+    # Cached for the simulator, where a thousand members rank the same
+    # members for the same incident; an agent ranks each incident a few times.
+    return tuple(sorted(members, key=lambda m: (-rendezvous_weight(incident, m), m)))

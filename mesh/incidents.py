@@ -1,60 +1,90 @@
-"""Incidents raised from membership changes, and who reports each of them.
+"""Incidents, and who reports each of them.
 
-When a member that was active is declared dead, every surviving member opens the
-same incident, ``member-down/<name>@<incarnation>``, and ranks the active members
-with :func:`~mesh.election.rank_members`. The member ranked k reports after k
-hand-off delays unless a signed ``reported`` record for that incident and status
-has reached it by then: rank 0 reports at once, rank 1 steps in only when rank 0
-stayed silent (it may have died too), and so on. The same ranking, computed
-again over the members active at that time, picks the reporter of ``resolved``
-when the member comes back or leaves.
+Every member that sees the same facts opens the same incident under the same
+id: ``member-down/<name>@<incarnation>`` when an active member is declared
+dead, ``check/<check>@<start>`` when a quorum fails a shared check, and so on.
+It ranks the eligible members with :func:`~mesh.election.rank_members`. The
+member ranked k reports after k hand-off delays unless a signed ``reported``
+record for that incident and status has reached it by then: rank 0 reports at
+once, rank 1 steps in only when rank 0 stayed silent (it may have died too).
+The same ranking, computed again over the members eligible then, picks the
+reporter of ``resolved``.
 
-A resolved alarm is sent only for an incident whose firing alarm was reported,
-so a member that flaps back within the hand-off delay pages nobody.
+A resolved alarm is sent only for an incident whose firing alarm was
+reported, so a failure that ends within the hand-off delay pages nobody.
 
-Only transitions this agent observes open incidents: a member first learned of
-as already dead (from a push-pull with an older member) opens none, so a new
-agent never pages for an outage that was reported before it joined.
+Member-down incidents wait ``group_wait`` before their first rank's turn, and
+wait again as long as another member went down less than ``group_wait``
+earlier (up to ``GROUP_MAX_WAITS`` times), because a partition's members are
+declared dead over a few probe periods, not at once. If the members that went
+down in such a chain are more than ``group_share`` of the mesh (most likely a
+partition, or the observer's own network), they are reported as one grouped
+alarm instead of a storm: one per side of a partition.
+
+Only transitions this agent observes open member-down incidents: a member
+first learned of as already dead (from a push-pull with an older member) opens
+none, so a new agent never pages for an outage reported before it joined.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable
 
 from .election import rank_members
 from .membership import State
 from .messages import Reported
 from .swim import MemberEvent
 
-__all__ = ["Decision", "Incident", "Report", "IncidentLog", "Incidents"]
+__all__ = ["Decision", "Kind", "Incident", "Report", "IncidentLog", "Incidents"]
 
 FIRING = "firing"
 RESOLVED = "resolved"
 
+# A member-down incident waits for others to group with it at most this many
+# group_wait periods, so that a steady trickle of failures cannot hold it back.
+GROUP_MAX_WAITS = 4
+
 
 class Decision(enum.Enum):
-    """What a member decided about one (incident, status) when its turn came."""
+    """A member's decision about one (incident, status) when its turn came."""
 
     REPORT_NOW = "report_now"
     WAIT_HANDOFF = "wait_handoff"
     ALREADY_REPORTED = "already_reported"
     FIRING_NOT_REPORTED = "firing_not_reported"
+    GROUPED = "grouped"
+
+
+class Kind(enum.Enum):
+    MEMBER_DOWN = "member_down"
+    # A local check of this agent's own cluster failed.
+    CHECK = "check"
+    # A quorum of the members running a shared check see it failing.
+    SHARED_CHECK = "shared_check"
+    # One member fails a shared check that a quorum sees healthy.
+    EGRESS = "egress"
+    # Several members went down inside one grouping window.
+    GROUP = "group"
 
 
 @dataclasses.dataclass(slots=True)
 class Incident:
     id: str
-    # Name of the member that went down.
+    kind: Kind
+    # The failed member or check, by name.
     subject: str
-    # Members active when the incident opened, the subject excluded.
+    # Members whose observations the incident rests on.
     observers: tuple[str, ...]
     # Monotonic times the incident opened and ended.
     started: float
     ended: float | None = None
     # Pending sends: status to (monotonic time this member's turn comes, rank).
     due: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
-    # Whether the subject left gracefully after being declared dead.
+    # One line on what was seen, for the alarm's summary.
+    detail: str = ""
+    # Whether a member-down subject left gracefully after being declared dead.
     left: bool = False
 
     @property
@@ -67,6 +97,7 @@ class Report:
     """An alarm this member must send now."""
 
     incident: str
+    kind: Kind
     status: str
     subject: str
     observers: tuple[str, ...]
@@ -74,7 +105,10 @@ class Report:
     ended: float | None
     # This member's rank for the incident; above 0 means it took over.
     rank: int
-    left: bool
+    detail: str = ""
+    left: bool = False
+    # For a group: the incidents it stands for, each reported with it.
+    members: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,18 +130,32 @@ def member_incident_id(name: str, incarnation: int) -> str:
 class Incidents:
     """The incidents this member knows and the records of who reported them."""
 
-    def __init__(self, *, name: str, handoff_delay: float, retention: float) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        handoff_delay: float,
+        retention: float,
+        group_wait: float = 0.0,
+        group_share: float = 1.0,
+    ) -> None:
         self.name = name
         # Seconds each rank waits after the one above it.
         self.handoff_delay = handoff_delay
         # Seconds a resolved incident and its records are kept, so that late
         # records and push-pulls do not reopen it.
         self.retention = retention
+        # Seconds a member-down incident waits for others to group with.
+        self.group_wait = group_wait
+        # Share of the mesh that must go down inside group_wait to group.
+        self.group_share = group_share
         self._incidents: dict[str, Incident] = {}
         # Records by (incident, status); may arrive before the incident opens.
         self._records: dict[tuple[str, str], Reported] = {}
         # Monotonic time each record arrived, for expiry.
         self._record_times: dict[tuple[str, str], float] = {}
+        # Active members at the last membership change, for group sizing.
+        self._mesh_size = 1
         self._log: list[IncidentLog] = []
 
     def drain_log(self) -> list[IncidentLog]:
@@ -120,6 +168,13 @@ class Incidents:
     def get(self, incident: str) -> Incident | None:
         return self._incidents.get(incident)
 
+    def find_open(self, kind: Kind, subject: str) -> Incident | None:
+        for incident in self._incidents.values():
+            open_ = incident.ended is None
+            if open_ and incident.kind is kind and incident.subject == subject:
+                return incident
+        return None
+
     def is_reported(self, incident: str, status: str) -> bool:
         return (incident, status) in self._records
 
@@ -131,44 +186,92 @@ class Incidents:
         return min(times, default=float("inf"))
 
     # ------------------------------------------------------------------
+    # Opening and resolving
+    # ------------------------------------------------------------------
 
-    def on_member_event(self, event: MemberEvent, active: list[str], now: float) -> None:
-        """Open or resolve incidents for a membership change."""
-        was_active = event.old is not None and event.old.is_active
-        if event.new is State.DEAD and was_active:
-            self._open(member_incident_id(event.name, event.incarnation), event, active, now)
-        elif event.old is State.DEAD and event.new in (State.ALIVE, State.LEFT):
-            for incident in self.open_incidents():
-                if incident.subject == event.name:
-                    incident.left = event.new is State.LEFT
-                    self._resolve(incident, active, now)
+    def open(
+        self,
+        incident_id: str,
+        kind: Kind,
+        subject: str,
+        eligible: Iterable[str],
+        now: float,
+        *,
+        observers: Iterable[str] | None = None,
+        detail: str = "",
+        hold: float = 0.0,
+        start: float | None = None,
+    ) -> Incident | None:
+        """Open an incident unless it is known; schedule this member's turn.
 
-    def _open(self, incident_id: str, event: MemberEvent, active: list[str], now: float) -> None:
+        Args:
+            eligible: members that may report it; the ranking runs over them.
+            observers: members the incident rests on; defaults to ``eligible``.
+            hold: extra seconds before the first rank's turn.
+            start: monotonic time the turns count from, when every member can
+                derive the same moment from shared facts; defaults to ``now``.
+        """
         if incident_id in self._incidents:
-            return
-        observers = tuple(n for n in active if n != event.name)
-        incident = Incident(incident_id, event.name, observers, started=now)
+            return None
+        eligible = sorted(set(eligible))
+        observers = tuple(sorted(set(observers))) if observers is not None else tuple(eligible)
+        incident = Incident(incident_id, kind, subject, observers, now, detail=detail)
         self._incidents[incident_id] = incident
-        self._schedule(incident, FIRING, observers, now)
+        self._schedule(incident, FIRING, eligible, (now if start is None else start) + hold)
+        return incident
 
-    def _resolve(self, incident: Incident, active: list[str], now: float) -> None:
+    def resolve(
+        self,
+        incident: Incident,
+        eligible: Iterable[str],
+        now: float,
+        detail: str = "",
+        start: float | None = None,
+    ) -> None:
+        """End ``incident`` and schedule this member's turn to report it."""
+        if incident.ended is not None:
+            return
         incident.ended = now
+        if detail:
+            incident.detail = detail
         # A firing alarm not sent yet is now pointless.
         incident.due.pop(FIRING, None)
-        eligible = [n for n in active if n != incident.subject]
-        self._schedule(incident, RESOLVED, eligible, now)
+        self._schedule(incident, RESOLVED, eligible, now if start is None else start)
 
-    def _schedule(self, incident: Incident, status: str, eligible, now: float) -> None:
+    def _schedule(self, incident: Incident, status: str, eligible, start: float) -> None:
         ranking = rank_members(incident.id, eligible)
         if self.name not in ranking:
             return
         rank = ranking.index(self.name)
-        delay = rank * self.handoff_delay
-        incident.due[status] = (now + delay, rank)
+        incident.due[status] = (start + rank * self.handoff_delay, rank)
         if rank:
+            delay = start + rank * self.handoff_delay - (incident.ended or incident.started)
             self._log.append(
                 IncidentLog(incident.id, status, Decision.WAIT_HANDOFF, rank, delay)
             )
+
+    def on_member_event(self, event: MemberEvent, active: list[str], now: float) -> None:
+        """Open or resolve member-down incidents for a membership change."""
+        self._mesh_size = len(active)
+        was_active = event.old is not None and event.old.is_active
+        if event.new is State.DEAD and was_active:
+            eligible = [n for n in active if n != event.name]
+            incident_id = member_incident_id(event.name, event.incarnation)
+            self.open(
+                incident_id, Kind.MEMBER_DOWN, event.name, eligible, now, hold=self.group_wait
+            )
+        elif event.old is State.DEAD and event.new in (State.ALIVE, State.LEFT):
+            incident = self.find_open(Kind.MEMBER_DOWN, event.name)
+            if incident is not None:
+                eligible = [n for n in active if n != event.name]
+                incident.left = event.new is State.LEFT
+                # Every member ranks the same active set, even the members of
+                # a healed partition's other side, which never had this
+                # incident open: when one of them ranks first, the next rank
+                # reports after its hand-off delay. Ranking only the observers
+                # would be faster there, but observer sets differ slightly
+                # between members, and two first ranks would both report.
+                self.resolve(incident, eligible, now)
 
     def on_record(self, record: Reported, now: float) -> bool:
         """Store a verified record; return whether it was new."""
@@ -179,29 +282,30 @@ class Incidents:
         self._record_times[key] = now
         return True
 
+    # ------------------------------------------------------------------
+    # Turns
+    # ------------------------------------------------------------------
+
     def due_reports(self, now: float) -> list[Report]:
         """Return the alarms whose turn has come and that nobody has reported."""
         reports = []
         for incident in list(self._incidents.values()):
             for status, (due, rank) in list(incident.due.items()):
-                if due > now:
+                if due > now or status not in incident.due:
                     continue
                 del incident.due[status]
                 decision = self._decide(incident, status)
+                if decision is Decision.REPORT_NOW and self._groupable(incident, status):
+                    if self._wait_for_group(incident, rank, now):
+                        continue
+                    if self._groups(incident):
+                        group = self._group_turn(incident, rank, now)
+                        if group is not None:
+                            reports.append(group)
+                        continue
                 self._log.append(IncidentLog(incident.id, status, decision, rank))
                 if decision is Decision.REPORT_NOW:
-                    reports.append(
-                        Report(
-                            incident.id,
-                            status,
-                            incident.subject,
-                            incident.observers,
-                            incident.started,
-                            incident.ended,
-                            rank,
-                            incident.left,
-                        )
-                    )
+                    reports.append(self._report(incident, status, rank))
         return reports
 
     def _decide(self, incident: Incident, status: str) -> Decision:
@@ -210,6 +314,128 @@ class Incidents:
         if status == RESOLVED and not self.is_reported(incident.id, FIRING):
             return Decision.FIRING_NOT_REPORTED
         return Decision.REPORT_NOW
+
+    def _report(self, incident: Incident, status: str, rank: int) -> Report:
+        return Report(
+            incident.id,
+            incident.kind,
+            status,
+            incident.subject,
+            incident.observers,
+            incident.started,
+            incident.ended,
+            rank,
+            incident.detail,
+            incident.left,
+        )
+
+    def _group_candidates(self, incident: Incident) -> list[Incident]:
+        """Return the unreported member-down incidents chained to ``incident``.
+
+        Incidents chain when each started at most group_wait after another.
+        """
+        pending = sorted(
+            (
+                other
+                for other in self._incidents.values()
+                if other.kind is Kind.MEMBER_DOWN
+                and other.ended is None
+                and not self.is_reported(other.id, FIRING)
+            ),
+            key=lambda other: other.started,
+        )
+        chain: list[Incident] = []
+        for other in pending:
+            if chain and other.started - chain[-1].started > self.group_wait:
+                if incident in chain:
+                    break
+                chain = []
+            chain.append(other)
+        return chain if incident in chain else [incident]
+
+    def _groupable(self, incident: Incident, status: str) -> bool:
+        grouping = self.group_wait > 0
+        return grouping and incident.kind is Kind.MEMBER_DOWN and status == FIRING
+
+    def _group_start(self, incident: Incident) -> float:
+        """Return when the group of ``incident`` is complete enough to decide."""
+        latest = max(other.started for other in self._group_candidates(incident))
+        limit = incident.started + GROUP_MAX_WAITS * self.group_wait
+        return min(latest + self.group_wait, limit)
+
+    def _wait_for_group(self, incident: Incident, rank: int, now: float) -> bool:
+        """Postpone this turn while members keep going down; return whether it did.
+
+        Once the group is complete, an incident that does not group waits for
+        its own rank's turn, counted from then.
+        """
+        start = self._group_start(incident)
+        if now < start:
+            incident.due[FIRING] = (start, rank)
+            return True
+        if self._groups(incident):
+            return False
+        due = start + rank * self.handoff_delay
+        if now < due:
+            incident.due[FIRING] = (due, rank)
+            return True
+        return False
+
+    def _group_turn(self, incident: Incident, rank: int, now: float) -> Report | None:
+        """Report the group of ``incident`` if it is this member's turn.
+
+        The group is ranked as one incident, under its own id, so that the
+        members reporting its parts do not each report the whole group.
+        """
+        members = self._group_candidates(incident)
+        group_id = self._group_id(members)
+        eligible = sorted({o for m in members for o in m.observers})
+        ranking = rank_members(group_id, eligible)
+        if self.name not in ranking:
+            return None
+        group_rank = ranking.index(self.name)
+        due = self._group_start(incident) + group_rank * self.handoff_delay
+        if now < due:
+            incident.due[FIRING] = (due, rank)
+            return None
+        return self._group_report(incident, group_rank, now)
+
+    def _group_id(self, members: list[Incident]) -> str:
+        subjects = sorted(m.subject for m in members)
+        first = min(members, key=lambda m: (m.started, m.id))
+        return f"members-down/{','.join(subjects)}@{first.id.rpartition('@')[2]}"
+
+    def _groups(self, incident: Incident) -> bool:
+        down = len(self._group_candidates(incident))
+        mesh = self._mesh_size + down
+        return down >= 2 and down > self.group_share * mesh
+
+    def _group_report(self, incident: Incident, rank: int, now: float) -> Report:
+        """Fold every member-down incident of the window into one report.
+
+        The grouped incidents leave the schedule; the reporter's records for
+        each of them stop the other members from reporting them one by one.
+        """
+        members = sorted(self._group_candidates(incident), key=lambda i: i.subject)
+        for member in members:
+            member.due.pop(FIRING, None)
+            self._log.append(IncidentLog(member.id, FIRING, Decision.GROUPED, rank))
+        subjects = [m.subject for m in members]
+        group_id = self._group_id(members)
+        observers = sorted({o for m in members for o in m.observers} - set(subjects))
+        return Report(
+            group_id,
+            Kind.GROUP,
+            FIRING,
+            ",".join(subjects),
+            tuple(observers),
+            min(m.started for m in members),
+            None,
+            rank,
+            f"{len(subjects)} of {self._mesh_size + len(subjects)} members went down "
+            f"together: {', '.join(subjects)}",
+            members=tuple(m.id for m in members),
+        )
 
     def expire(self, now: float) -> None:
         """Forget resolved incidents and records older than the retention."""

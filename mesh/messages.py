@@ -15,6 +15,7 @@ from typing import Any, Union
 import msgpack
 
 from .membership import State
+from .observations import Observed
 
 __all__ = [
     "MessageType",
@@ -49,6 +50,7 @@ class _ItemType(enum.IntEnum):
 
     UPDATE = 0
     REPORTED = 1
+    OBSERVED = 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,6 +61,10 @@ class Update:
     address: str
     incarnation: int
     state: State
+    # For a suspicion, the member whose probe raised it, so that receivers
+    # count independent suspicions of one member (Lifeguard's confirmations);
+    # empty otherwise. Sent only when set.
+    source: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,7 +87,7 @@ class Reported:
         return msgpack.packb(fields, use_bin_type=True)
 
 
-Piggyback = tuple[Union[Update, Reported], ...]
+Piggyback = tuple[Union[Update, Reported, Observed], ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,7 +151,19 @@ Message = Union[Ping, Ack, PingReq, Nack, Gossip, Sync]
 
 def _encode_item(item: Update | Reported) -> list[Any]:
     if isinstance(item, Update):
-        return [_ItemType.UPDATE, item.name, item.address, item.incarnation, item.state.value]
+        fields = [_ItemType.UPDATE, item.name, item.address, item.incarnation, item.state.value]
+        if item.source:
+            fields.append(item.source)
+        return fields
+    if isinstance(item, Observed):
+        return [
+            _ItemType.OBSERVED,
+            item.check,
+            item.member,
+            item.failing,
+            item.since,
+            item.version,
+        ]
     return [
         _ItemType.REPORTED,
         item.incident,
@@ -159,8 +177,13 @@ def _encode_item(item: Update | Reported) -> list[Any]:
 def _decode_item(raw: Any) -> Update | Reported:
     kind = raw[0]
     if kind == _ItemType.UPDATE:
-        _, name, address, incarnation, state = raw
-        return Update(_text(name), _text(address), _count(incarnation), State(state))
+        if len(raw) == 6:
+            _, name, address, incarnation, state, source = raw
+            source = _text(source)
+        else:
+            _, name, address, incarnation, state = raw
+            source = ""
+        return Update(_text(name), _text(address), _count(incarnation), State(state), source)
     if kind == _ItemType.REPORTED:
         _, incident, status, reporter, reported_at, signature = raw
         if not isinstance(signature, bytes):
@@ -168,6 +191,11 @@ def _decode_item(raw: Any) -> Update | Reported:
         return Reported(
             _text(incident), _text(status), _text(reporter), float(reported_at), signature
         )
+    if kind == _ItemType.OBSERVED:
+        _, check, member, failing, since, version = raw
+        if not isinstance(failing, bool):
+            raise ValueError("observed failing flag is not a boolean")
+        return Observed(_text(check), _text(member), failing, float(since), _count(version))
     raise ValueError(f"unknown piggyback item type {kind!r}")
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "slugify",
     "hour_prefixes",
     "public_key_key",
+    "split_key",
 ]
 
 ALARMS_PREFIX = "alarms/"
@@ -194,6 +195,29 @@ def hour_prefixes(since: float, until: float) -> list[str]:
         f"{ALARMS_PREFIX}{_utc(hour * HOUR):%Y/%m/%d/%H}/"
         for hour in range(first_hour, end_hour)
     ]
+
+
+def split_key(key: str, *, allow_partial: bool = False) -> list[str]:
+    """Return the segments of ``key``.
+
+    With ``allow_partial`` the last segment may be empty, as in the prefix
+    ``"alarms/"``, and the empty key is allowed.
+
+    Raises:
+        ValueError: the key is absolute, or has an empty, ``.`` or ``..``
+            segment, or one that starts with a dot, or contains a NUL.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a string, got {type(key).__name__}")
+    if "\0" in key or key.startswith("/"):
+        raise ValueError(f"invalid key {key!r}")
+    segments = key.split("/")
+    for index, segment in enumerate(segments):
+        # A prefix may end in the middle of a segment, or right after a "/".
+        may_be_empty = allow_partial and index == len(segments) - 1
+        if (not segment and not may_be_empty) or segment.startswith("."):
+            raise ValueError(f"invalid key {key!r}, segment {segment!r} is not allowed")
+    return segments
 
 
 def public_key_key(member: str) -> str:

@@ -22,7 +22,7 @@ from mesh.keys import Keyring, encode_public_key, generate_key_files
 
 # Timing for tests: the local profile, with a shorter hand-off so that a test
 # that waits for a duplicate waits less.
-TEST_TIMING = {"handoff_delay": 1.0}
+TEST_TIMING = {"handoff_delay": 2.0}
 
 
 def free_port() -> int:
@@ -38,8 +38,10 @@ class AgentProcesses:
         self, root: Path, names: list[str], *, sinks: list[dict], env: dict | None = None
     ) -> None:
         self.root = root
-        # Extra environment of the agent processes, e.g. receiver secrets.
+        # Extra environment of the agent processes, e.g. receiver secrets, and
+        # of single members by name.
         self.env = env or {}
+        self.member_env: dict[str, dict[str, str]] = {}
         self.names = names
         self.sinks = sinks
         self.addresses = {name: f"127.0.0.1:{free_port()}" for name in names}
@@ -78,6 +80,7 @@ class AgentProcesses:
         command = [sys.executable, "-m", "mesh.cli", "--log-level", "debug", "agent"]
         command += ["--config", str(self.config_path(name))]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        env.update(self.member_env.get(name, {}))
         self.processes[name] = subprocess.Popen(
             command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env
         )

@@ -67,6 +67,17 @@ class MemoryMesh:
     def crash(self, name):
         self.crashed.add(name)
 
+    def partition(self, *sides):
+        """Drop every message between members of different ``sides``."""
+        self.sides = [set(side) for side in sides]
+
+    def heal(self):
+        self.sides = []
+
+    def is_cut(self, sender, receiver):
+        sides = getattr(self, "sides", [])
+        return any(sender in side and receiver not in side for side in sides)
+
     def leave(self, name):
         self._send(name, self.nodes[name].leave(self.now))
 
@@ -97,6 +108,8 @@ class MemoryMesh:
             if next_msg <= next_timer:
                 _, _, sender, o = heapq.heappop(self._queue)
                 if o.address in self.crashed or sender in self.crashed:
+                    continue
+                if self.is_cut(sender, o.address):
                     continue
                 receiver = self.nodes[o.address]
                 out = receiver.handle(sender, o.message, self.now)

@@ -121,8 +121,7 @@ def test_alarm_key_layout():
     key = alarm_key(make_alarm(sent_at))
 
     prefix = (
-        "alarms/2026/12/04/16/"
-        "20261204T164353.379Z_busan_seoul_member-down-busan-3-"
+        "alarms/2026/12/04/16/20261204T164353.379Z_busan_seoul_member-down-busan-3-"
     )
     assert key.startswith(prefix)
     assert key.endswith("_firing.alarm")
@@ -361,12 +360,12 @@ async def test_outbox_delivers_alarm_into_local_archive(
 def test_open_archive_selects_backend(tmp_path):
     assert isinstance(open_archive(str(tmp_path)), LocalArchive)
     assert open_archive(f"file://{tmp_path}").root == tmp_path
-    with pytest.raises(ArchiveError, match="s3 archives are not supported yet"):
-        open_archive("s3://bucket/alarms")
     with pytest.raises(ArchiveError, match="unsupported archive scheme 'gs'"):
         open_archive("gs://bucket")
     with pytest.raises(ArchiveError, match="archive location is empty"):
         open_archive(" ")
+    with pytest.raises(ArchiveError, match="applies only to s3:// archives"):
+        open_archive(str(tmp_path), endpoint_url="http://127.0.0.1:9000")
 
 
 def test_open_archive_does_not_import_boto3(tmp_path):
@@ -408,7 +407,10 @@ async def test_query_returns_range_in_time_order(archive, keyring, signing_keys)
     assert {result.alarm.reporter for result in results} == set(REPORTERS)
     assert all(result.verified for result in results)
     assert all(result.error is None for result in results)
-    assert recording.listed == ["alarms/2026/12/04/16/", "alarms/2026/12/04/17/"]
+    assert sorted(recording.listed) == [
+        "alarms/2026/12/04/16/",
+        "alarms/2026/12/04/17/",
+    ]
 
 
 async def test_query_range_excludes_end_within_same_millisecond(
@@ -569,6 +571,7 @@ async def test_format_table_columns_and_marks(archive, keyring, signing_keys):
         "TIME",
         "SENT",
         "STATUS",
+        "CLUSTER",
         "SEVERITY",
         "SUBJECT",
         "REPORTER",
@@ -576,7 +579,7 @@ async def test_format_table_columns_and_marks(archive, keyring, signing_keys):
         "SUMMARY",
         "SIGNATURE",
     ]
-    assert lines[1].startswith("2026-12-04T16:00:01.000Z  firing")
+    assert lines[1].startswith("2026-12-04T16:00:01.000Z  firing  busan")
     assert "member-down/busan@3" in lines[1]
     assert lines[1].endswith("VERIFIED")
     assert "\x1b" not in lines[1]
@@ -601,3 +604,34 @@ async def test_format_json_lines(archive, keyring, signing_keys):
     assert record["error"] is None
     assert record["alarm"]["incident"] == "member-down/busan@3"
     assert record["alarm"]["sent_time"] == "2026-12-04T16:00:01.000Z"
+
+
+async def test_local_archive_get_many_marks_missing_objects(archive):
+    await archive.put("keys/seoul.pub", b"seoul")
+    await archive.put("keys/tokyo.pub", b"tokyo")
+
+    found = await archive.get_many(
+        ["keys/tokyo.pub", "keys/nobody.pub", "keys/seoul.pub"]
+    )
+
+    assert found == [b"tokyo", None, b"seoul"]
+
+
+class UnlistableArchive(RecordingArchive):
+    """Lists every hour but one."""
+
+    async def list(self, prefix: str) -> list[str]:
+        if prefix == "alarms/2026/12/04/17/":
+            raise ArchiveUnavailableError("listing refused")
+        return await super().list(prefix)
+
+
+async def test_query_fails_as_unavailable_when_an_hour_cannot_be_listed(
+    archive, keyring, signing_keys
+):
+    await store(archive, signing_keys, make_alarm(HOUR_16 + 5))
+
+    with pytest.raises(ArchiveUnavailableError, match="listing refused"):
+        await query_alarms(
+            UnlistableArchive(archive), keyring, since=HOUR_16, until=HOUR_16 + 7200
+        )

@@ -175,6 +175,13 @@ async def test_delivery_survives_receiver_downtime_and_reporter_crash(tmp_path):
             await trio.sleep(1.0)
             mesh.kill(reporter)
             await mesh.wait_states([survivor], {reporter: "dead"})
+
+            # The survivor queues the reporter's death (the receiver still
+            # refuses it) before the reporter comes back.
+            async def survivor_reported():
+                return f": reporting incident=member-down/{reporter}@" in mesh.log(survivor)
+
+            await mesh.wait_for(survivor_reported, 20, "the survivor to report")
             mesh.start(reporter)
             await mesh.wait_states([survivor], {reporter: "alive"})
 

@@ -241,14 +241,18 @@ class Node:
         verdict = self.observations.verdict(spec.name, active, spec.quorum)
         summary = self._check_summaries.get(spec.name, "")
 
-        # The quorum incident: reported by one of the failing observers. It
-        # waits two check intervals like the egress incident below, because
-        # right after start the members that have published are few, and one
-        # failing member can look like a quorum of one.
+        # Reporters are ranked over every member that runs the check. The
+        # failing set would name the observers more precisely, but it grows
+        # while verdicts arrive, so two members could rank different sets and
+        # both come out first; the set of runners is stable.
+        runners = sorted(verdict.failing + verdict.passing)
+
+        # The quorum incident. It waits two check intervals like the egress
+        # incident below, because right after start the members that have
+        # published are few, and one failing member can look like a quorum.
         incident = self.incidents.find_open(Kind.SHARED_CHECK, spec.name)
         if verdict.reached and incident is None:
-            runners = len(verdict.failing) + len(verdict.passing)
-            detail = f"{len(verdict.failing)} of {runners} members see it failing"
+            detail = f"{len(verdict.failing)} of {len(runners)} members see it failing"
             if summary:
                 detail += f"; {summary}"
             prefix = f"check/{spec.name}@"
@@ -259,16 +263,16 @@ class Node:
                 incident_id,
                 Kind.SHARED_CHECK,
                 spec.name,
-                verdict.failing,
+                runners,
                 now,
+                observers=verdict.failing,
                 detail=detail,
                 hold=2 * spec.interval,
                 start=self._monotonic(verdict.started, now),
             )
         elif not verdict.reached and incident is not None:
-            eligible = verdict.passing or verdict.failing
             start = self._monotonic(verdict.ended, now)
-            self.incidents.resolve(incident, eligible, now, start=start)
+            self.incidents.resolve(incident, runners, now, start=start)
 
         # Egress: a member failing a check that a quorum sees healthy cannot
         # reach its targets; the members that can reach them report it. The
@@ -290,8 +294,9 @@ class Node:
                     incident_id,
                     Kind.EGRESS,
                     subject,
-                    verdict.passing,
+                    [r for r in runners if r != member],
                     now,
+                    observers=verdict.passing,
                     detail=detail,
                     hold=2 * spec.interval,
                     # The condition holds since the member failed and a
@@ -306,7 +311,8 @@ class Node:
                 observed = self.observations.get(spec.name, member)
                 recovered = observed.since if observed and not observed.failing else None
                 start = self._monotonic(recovered, now)
-                self.incidents.resolve(incident, verdict.passing or active, now, start=start)
+                eligible = [r for r in runners if r != member] or active
+                self.incidents.resolve(incident, eligible, now, start=start)
 
     def _unresolved_reported(self, prefix: str) -> str | None:
         """Return a reported, unresolved incident id starting with ``prefix``.

@@ -97,8 +97,6 @@ def test_shared_check_fires_once_on_quorum():
     assert len(firing) == 1
     assert firing[0].kind.value == "shared_check"
     assert set(firing[0].observers) == {"a", "b"}
-    reporter = [who for _, who, r in mesh.reports if r is firing[0]][0]
-    assert reporter in ("a", "b")
 
     run_shared(mesh, {"a": True, "b": True, "c": True}, 30)
     assert len(reports(mesh, "resolved")) == 1

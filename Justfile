@@ -49,3 +49,7 @@ bench-detect *args:
 # each for 10 simulated minutes, and check the simulator's targets.
 bench-sim *args:
     {{python}} bench/sim.py {{args}}
+
+# Run randomized incident scenarios (clean, reporter crash, partition) on virtual time.
+bench-incidents count="200":
+    {{python}} bench/incident_scenarios.py {{count}}

@@ -82,6 +82,8 @@ class Incident:
     ended: float | None = None
     # Pending sends: status to (monotonic time this member's turn comes, rank).
     due: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    # Monotonic time each status's turns count from (rank 0's turn).
+    starts: dict[str, float] = dataclasses.field(default_factory=dict)
     # One line on what was seen, for the alarm's summary.
     detail: str = ""
     # Whether a member-down subject left gracefully after being declared dead.
@@ -156,6 +158,8 @@ class Incidents:
         self._record_times: dict[tuple[str, str], float] = {}
         # Active members at the last membership change, for group sizing.
         self._mesh_size = 1
+        # Active members at the last membership change, this member included.
+        self._active: list[str] = [name]
         self._log: list[IncidentLog] = []
 
     def drain_log(self) -> list[IncidentLog]:
@@ -244,6 +248,7 @@ class Incidents:
             return
         rank = ranking.index(self.name)
         incident.due[status] = (start + rank * self.handoff_delay, rank)
+        incident.starts[status] = start
         if rank:
             delay = start + rank * self.handoff_delay - (incident.ended or incident.started)
             self._log.append(
@@ -253,6 +258,7 @@ class Incidents:
     def on_member_event(self, event: MemberEvent, active: list[str], now: float) -> None:
         """Open or resolve member-down incidents for a membership change."""
         self._mesh_size = len(active)
+        self._active = list(active)
         was_active = event.old is not None and event.old.is_active
         if event.new is State.DEAD and was_active:
             eligible = [n for n in active if n != event.name]
@@ -271,7 +277,9 @@ class Incidents:
                 # reports after its hand-off delay. Ranking only the observers
                 # would be faster there, but observer sets differ slightly
                 # between members, and two first ranks would both report.
-                self.resolve(incident, eligible, now)
+                # The turns start after group_wait, while the members coming
+                # back settle in every member's view.
+                self.resolve(incident, eligible, now, start=now + self.group_wait)
 
     def on_record(self, record: Reported, now: float) -> bool:
         """Store a verified record; return whether it was new."""
@@ -294,6 +302,14 @@ class Incidents:
                 if due > now or status not in incident.due:
                     continue
                 del incident.due[status]
+                if incident.kind is Kind.MEMBER_DOWN:
+                    rank = self._current_rank(incident)
+                    if rank is None:
+                        continue
+                    due = incident.starts[status] + rank * self.handoff_delay
+                    if due > now:
+                        incident.due[status] = (due, rank)
+                        continue
                 decision = self._decide(incident, status)
                 if decision is Decision.REPORT_NOW and self._groupable(incident, status):
                     if self._wait_for_group(incident, rank, now):
@@ -307,6 +323,18 @@ class Incidents:
                 if decision is Decision.REPORT_NOW:
                     reports.append(self._report(incident, status, rank))
         return reports
+
+    def _current_rank(self, incident: Incident) -> int | None:
+        """Rank this member for a member-down incident over the members active now.
+
+        Views of who is active differ between members while members fail or
+        come back (a partition healing is the extreme case). The rank taken
+        when the incident opened may rest on a view that others did not share;
+        the view when the turn comes has had time to converge.
+        """
+        eligible = [n for n in self._active if n != incident.subject]
+        ranking = rank_members(incident.id, eligible)
+        return ranking.index(self.name) if self.name in ranking else None
 
     def _decide(self, incident: Incident, status: str) -> Decision:
         if self.is_reported(incident.id, status):

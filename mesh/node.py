@@ -18,6 +18,7 @@ from typing import Protocol
 from .election import rank_members
 from .flapping import Damper, Edge
 from .incidents import IncidentLog, Incidents, Kind, Report
+from .membership import State
 from .messages import Gossip, Message, Reported, Sync
 from .observations import Observed, ObservationTable
 from .swim import MemberEvent, Outbound, ProbeResult, Swim, SwimConfig
@@ -164,7 +165,13 @@ class Node:
             self.swim.broadcast(record)
             records.append(record)
 
-        others = [n for n in self.swim.active_members() if n != self.name]
+        # Dead members are included: this member's view may be wrong about
+        # one, and a member that thinks it is first must hear of the record.
+        others = [
+            m.name
+            for m in self.swim.members.values()
+            if m.name != self.name and m.state is not State.LEFT
+        ]
         targets = rank_members(report.incident, others)[:DIRECT_RECORD_FANOUT]
         return [
             Outbound(self.swim.members[n].address, n, Gossip(tuple(records)))

@@ -20,7 +20,7 @@ test *args: test-deps
     {{python}} -m pytest {{args}}
 
 # Run only the quick tests, without real processes.
-test-quick *args:
+test-quick *args: test-deps
     {{python}} -m pytest -m "not slow" {{args}}
 
 # Measure durable outbox enqueue throughput.

@@ -127,6 +127,8 @@ class Agent:
         self._wake = trio.Event()
         self._send_in, self._send_out = trio.open_memory_channel[Outbound](SEND_QUEUE_SIZE)
         self._reports_in, self._reports_out = trio.open_memory_channel[Report](256)
+        # Addresses that answered 401 to our frames, warned about once each.
+        self._unauthorized_peers: set[str] = set()
         # Last result of each check, to log changes only.
         self._check_ok: dict[str, bool] = {}
         # Failed rejections logged per reason, to log each reason's first one only.
@@ -402,6 +404,16 @@ class Agent:
         self.metrics.bytes_sent.labels(kind).inc(len(body))
         if response.status_code != 200:
             self.metrics.send_failures.labels(kind, SEND_REJECTED).inc()
+            if response.status_code == 401 and item.address not in self._unauthorized_peers:
+                # Usually a key mismatch that no retry fixes: say so once per peer.
+                self._unauthorized_peers.add(item.address)
+                logger.warning(
+                    "peer rejected our signed frame peer=%s address=%s answer=%r; check "
+                    "that its trusted_keys holds this agent's public key (key_file.pub)",
+                    item.target or "seed",
+                    item.address,
+                    response.text.strip()[:200],
+                )
             logger.debug(
                 "peer rejected message type=%s peer=%s status=%d body=%r",
                 kind,

@@ -95,10 +95,26 @@ def cmd_agent(args: argparse.Namespace) -> int:
         trio.run(_run_agent, agent)
     except* OSError as group:
         # Binding the listen address is the usual cause: in use, or not local.
-        failures.extend(group.exceptions)
+        failures.extend(_leaves(group))
     for exc in failures:
         logger.error("agent failed member=%s listen=%s error=%s", config.name, config.listen, exc)
+        print(
+            f"alarminati: cannot run the agent on listen {config.listen!r}: {exc}; "
+            "choose a free port on an address of this host",
+            file=sys.stderr,
+        )
     return EXIT_FAILURE if failures else 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """Return the exceptions inside ``group`` and its nested groups."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(_leaves(exc))
+        else:
+            leaves.append(exc)
+    return leaves
 
 
 # ----------------------------------------------------------------------
@@ -444,7 +460,12 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return trio.run(run_demo, args.base_port, args.workdir)
+    try:
+        return trio.run(run_demo, args.base_port, args.workdir)
+    except KeyboardInterrupt:
+        # The demo has stopped its agents on the way out; no traceback needed.
+        print("\nalarminati: demo interrupted", file=sys.stderr)
+        return 130
 
 
 # ----------------------------------------------------------------------

@@ -38,6 +38,9 @@ async def _respond(
     send: Send, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
 ) -> None:
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    if status == 413:
+        # The body was not read, so the connection cannot carry another request.
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -94,6 +94,13 @@ def load_signing_key(path: Path) -> SigningKey:
     Raises:
         KeyFileError: the file is missing, unreadable or not a 32-byte seed.
     """
+    # A public key has the same form as a seed, so only the name tells them
+    # apart; loading one would start an agent whose frames nobody accepts.
+    if path.suffix == ".pub":
+        raise KeyFileError(
+            f"key file {str(path)!r} is a public key; key_file must name the "
+            f"private key that `alarminati keygen` wrote beside it ({path.stem!r})"
+        )
     try:
         text = path.read_text()
     except OSError as exc:

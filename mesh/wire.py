@@ -93,7 +93,7 @@ def _unpack_signed(signed: bytes) -> tuple[str, str, float, int, bytes]:
             signed, use_list=True, raw=False, max_bin_len=MAX_FRAME_BYTES
         )
     except (ValueError, msgpack.UnpackException) as exc:
-        raise RejectedMessage(Reason.MALFORMED, f"frame is not msgpack: {exc}") from None
+        raise RejectedMessage(Reason.MALFORMED, f"frame is not msgpack: {exc!r}") from None
     if not isinstance(fields, list) or len(fields) != 5:
         raise RejectedMessage(Reason.MALFORMED, "frame is not a 5-element array")
     version, sender, sent_at, flags, body = fields
@@ -126,7 +126,7 @@ def _decode_payload(flags: int, body: bytes) -> Any:
     try:
         return msgpack.unpackb(body, raw=False, max_bin_len=MAX_PAYLOAD_BYTES)
     except (ValueError, msgpack.UnpackException) as exc:
-        raise RejectedMessage(Reason.MALFORMED, f"payload is not msgpack: {exc}") from None
+        raise RejectedMessage(Reason.MALFORMED, f"payload is not msgpack: {exc!r}") from None
 
 
 def open_frame(
@@ -168,7 +168,7 @@ def open_frame(
     # The signature is checked before the clock so that a forged timestamp is
     # reported as a forgery, not as clock skew.
     if now is not None and replay_guard is not None:
-        skew = now - sent_at
+        skew = sent_at - now
         if abs(skew) > replay_guard.window:
             raise RejectedMessage(
                 Reason.OUTSIDE_REPLAY_WINDOW,

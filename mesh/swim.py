@@ -276,7 +276,8 @@ class Swim:
         # their last ping; see _recheck_suspicions.
         self._rechecked: set[str] = set()
         # Member name to the time before which it gets no further correction
-        # of a stale accusation, or no further news that we suspect it.
+        # of a stale accusation, or no further news that we suspect it or hold
+        # it dead.
         self._corrected: dict[str, float] = {}
         self._told: dict[str, float] = {}
         # Changes and probe outcomes waiting for the runtime to drain.
@@ -368,13 +369,14 @@ class Swim:
         for forward in self._forwards.values():
             if forward.nack_at < deadline:
                 deadline = forward.nack_at
-        lead = self.probe_timeout()
-        for name, suspicion in self._suspicions.items():
-            due = suspicion.deadline
-            if name not in self._rechecked:
-                due -= lead
-            if due < deadline:
-                deadline = due
+        if self._suspicions:
+            lead = self.probe_timeout()
+            for name, suspicion in self._suspicions.items():
+                due = suspicion.deadline
+                if name not in self._rechecked:
+                    due -= lead
+                if due < deadline:
+                    deadline = due
         return deadline
 
     # ------------------------------------------------------------------
@@ -521,8 +523,9 @@ class Swim:
                 out = []
         if stale:
             out += self._correct(sender, now)
-        if sender in self._suspicions:
-            out += self._tell_suspect(sender, now)
+        accusation = self._accusation(sender, now)
+        if accusation is not None:
+            out.append(self._to(sender, Gossip((accusation,))))
         return out
 
     def _on_ping(self, sender: str, ping: Ping, now: float, *, correct: bool) -> list[Outbound]:
@@ -536,20 +539,25 @@ class Swim:
         # prober missed the refutation, so the ack carries it again.
         if correct:
             piggyback = (self._self_update(), *piggyback)
+        accusation = self._accusation(sender, now)
+        if accusation is not None:
+            piggyback = (accusation, *piggyback)
         return [Outbound(address, sender, Ack(ping.seq, piggyback), reply=True)]
 
-    def _tell_suspect(self, name: str, now: float) -> list[Outbound]:
-        # A member we suspect just sent us something: tell it of the suspicion
-        # (the buddy system, outside probes), so that it refutes, or corrects
-        # us if it refuted already and the refutation missed us. At most once
+    def _accusation(self, name: str, now: float) -> Update | None:
+        # A member we hold suspect or dead just sent us something, so it runs:
+        # tell it what we hold (the buddy system, outside probes), so that it
+        # refutes, or corrects us if its refutation missed us. At most once
         # per probe interval per member.
+        member = self.members.get(name)
+        if member is None or member.state not in (State.SUSPECT, State.DEAD):
+            return None
         if now < self._told.get(name, -math.inf):
-            return []
+            return None
         self._told[name] = now + self.config.probe_interval
-        suspicion = self._suspicions[name]
-        member = self.members[name]
-        news = Update(name, member.address, member.incarnation, State.SUSPECT, suspicion.source)
-        return [self._to(name, Gossip((news,)))]
+        suspicion = self._suspicions.get(name)
+        source = suspicion.source if suspicion is not None else ""
+        return Update(name, member.address, member.incarnation, member.state, source)
 
     def _correct(self, sender: str, now: float) -> list[Outbound]:
         # Tell a member that still spreads an old accusation of us that we

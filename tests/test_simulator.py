@@ -259,3 +259,17 @@ def test_cli_simulate_prints_json(capsys):
 def test_cli_simulate_rejects_bad_scenario(capsys):
     assert main(["simulate", "--members", "5", "--crash", "m9@10"]) == 2
     assert "unknown member 'm9'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("incarnation", [0, 127, 128, 300, 70000])
+def test_uncompressed_frame_size_exact(incarnation):
+    import msgpack
+
+    from mesh.wire import VERSION
+
+    simulation = Simulation(scenario(members=5, wire_bytes="uncompressed"))
+    table = tuple(Update(f"m{i}", f"10.0.0.{i}:7001", incarnation, State.SUSPECT, "m1") for i in range(300))
+    message = Sync(table, (), True)
+    body = msgpack.packb([encode_message(message)], use_bin_type=True)
+    frame = 64 + len(msgpack.packb([VERSION, "m1", 1.7e9, 0, body], use_bin_type=True))
+    assert simulation.frame_size("m1", message) == frame

@@ -416,3 +416,66 @@ def test_swim_config_rejects_timeout_not_below_interval():
 
 def test_outbound_reply_flag_default():
     assert Outbound("x", "x", Gossip()).reply is False
+
+
+# ----------------------------------------------------------------------
+# Getting refutations through
+# ----------------------------------------------------------------------
+
+
+def test_last_ping_before_suspicion_expires():
+    swim = make_swim()
+    swim.handle("b", Gossip((suspect("e"),)), 10.0)
+    deadline = swim.suspicion("e").deadline
+    lead = CONFIG.probe_timeout
+    assert swim.next_deadline() <= deadline - lead
+    pings = [o for o in swim.tick(deadline - lead) if isinstance(o.message, Ping) and o.target == "e"]
+    # The regular probe may pick e at the same moment; the last ping is the first.
+    last = [p for p in pings if suspect("e") in p.message.piggyback][0]
+    # The ack carries the refutation: no death.
+    swim.handle("e", Ack(last.message.seq, (Update("e", "e", 1, State.ALIVE),)), deadline - 0.3)
+    swim.tick(deadline)
+    assert state_of(swim, "e") is State.ALIVE
+
+
+def test_last_ping_unanswered_death_on_time():
+    swim = make_swim()
+    swim.handle("b", Gossip((suspect("e"),)), 10.0)
+    deadline = swim.suspicion("e").deadline
+    swim.tick(deadline - CONFIG.probe_timeout)
+    swim.tick(deadline)
+    assert state_of(swim, "e") is State.DEAD
+
+
+def test_stale_accusation_corrected_to_sender():
+    swim = make_swim()
+    swim.handle("b", Gossip((Update("a", "a", 0, State.SUSPECT, "b"),)), 5.0)
+    assert swim.incarnation == 1
+    out = swim.handle("c", Gossip((Update("a", "a", 0, State.SUSPECT, "c"),)), 6.0)
+    [correction] = [o for o in out if o.target == "c"]
+    assert correction.message.piggyback == (Update("a", "a", 1, State.ALIVE),)
+    # At most once per probe interval per sender.
+    again = swim.handle("c", Gossip((Update("a", "a", 0, State.DEAD),)), 6.5)
+    assert [o for o in again if o.target == "c"] == []
+
+
+def test_stale_accusation_on_ping_answered_in_ack():
+    swim = make_swim()
+    swim.handle("b", Gossip((Update("a", "a", 0, State.SUSPECT, "b"),)), 5.0)
+    [ack] = swim.handle("c", Ping(4, "a", (Update("a", "a", 0, State.SUSPECT, "c"),)), 6.0)
+    assert ack.message.piggyback[0] == Update("a", "a", 1, State.ALIVE)
+
+
+def test_suspect_sender_told_of_suspicion():
+    swim = make_swim()
+    swim.handle("b", Gossip((suspect("e", source="b"),)), 10.0)
+    out = swim.handle("e", Gossip(), 11.0)
+    [told] = [o for o in out if o.target == "e"]
+    assert told.message.piggyback == (suspect("e", source="b"),)
+
+
+def test_dead_sender_told_in_ack():
+    swim = make_swim()
+    swim.handle("b", Gossip((Update("e", "e", 0, State.DEAD),)), 10.0)
+    [ack] = swim.handle("e", Ping(1, "a"), 11.0)
+    assert Update("e", "e", 0, State.DEAD) in ack.message.piggyback

@@ -77,17 +77,30 @@ def _message_kind(message: Message) -> str:
     return type(message).__name__.lower()
 
 
+# msgpack's encodings by value or length: below each limit, that many bytes
+# of type and length (for an int, of type and value).
+_STR_HEADERS = ((32, 1), (256, 2), (65536, 3))
+_UINT_SIZES = ((128, 1), (256, 2), (65536, 3))
+_BIN_HEADERS = ((256, 2), (65536, 3))
+_ARRAY_HEADERS = ((16, 1), (65536, 3))
+
+
+def _header_size(value: int, sizes: tuple[tuple[int, int], ...]) -> int:
+    for limit, size in sizes:
+        if value < limit:
+            return size
+    return 5
+
+
 def _str_size(text: str) -> int:
-    # msgpack's str header: 1 byte up to 31 bytes, 2 up to 255, 3 beyond.
-    n = len(text.encode())
-    return n + (1 if n < 32 else 2 if n < 256 else 3)
+    length = len(text.encode())
+    return length + _header_size(length, _STR_HEADERS)
 
 
 def _update_size(update: Update) -> int:
     """Return the msgpack size of an update, as messages.encode_message packs it."""
-    inc = update.incarnation
     size = 1 + 1 + _str_size(update.name) + _str_size(update.address) + 1
-    size += 1 if inc < 128 else 3 if inc < 65536 else 5
+    size += _header_size(update.incarnation, _UINT_SIZES)
     if update.source:
         size += _str_size(update.source)
     return size
@@ -117,7 +130,8 @@ class SimMember:
         self.node = node
         # False after a crash or a leave, until a restart.
         self.up = True
-        # How a crashed member answers: "silent" or "refuse".
+        # What a crashed member does with messages: "silent" drops them,
+        # "refuse" makes the sender's transport report a refusal.
         self.mode = "silent"
         # Raised on restart, so that timers of the previous life are ignored.
         self.generation = 0
@@ -277,8 +291,11 @@ class Simulation:
         return cached[1] + self._payload_size(rest)
 
     def _table_size(self, table: tuple[Update, ...]) -> int:
+        # Bytes the table adds to a sync whose table is empty: the items, and
+        # the array header beyond the empty array's single byte.
+        extra_header = _header_size(len(table), _ARRAY_HEADERS) - 1
         if not self._exact_bytes:
-            return 3 + sum(_update_size(u) for u in table)
+            return extra_header + sum(_update_size(u) for u in table)
         # Members share most of their updates, so each distinct update is
         # packed once; a msgpack array is the concatenation of its items.
         packed = self._packed_updates
@@ -292,9 +309,9 @@ class Simulation:
                 item = packed[key] = msgpack.packb(_encode_item(update), use_bin_type=True)
             parts.append(item)
         body = b"".join(parts)
-        size = len(body) + 3
+        size = len(body) + extra_header
         if size >= COMPRESS_MIN_BYTES:
-            size = min(size, len(zlib.compress(body, 6)) + 3)
+            size = min(size, len(zlib.compress(body, 6)) + extra_header)
         return size
 
     def frame_size(self, sender: str, message: Message) -> int:
@@ -303,7 +320,7 @@ class Simulation:
             body = self._sync_size(message)
         else:
             body = self._payload_size(message)
-        header = 2 if body < 256 else 3 if body < 65536 else 5
+        header = _header_size(body, _BIN_HEADERS)
         return SIGNATURE_BYTES + self._envelope[sender] + header + body
 
     def _send(self, sender: SimMember, outbound: list[Outbound], reply_to: str | None = None) -> None:

@@ -36,7 +36,7 @@ from mesh.node import Node  # noqa: E402
 CRASH_POINTS = ("before_write", "before_record", "before_delivery")
 
 # Seconds the mesh runs before the fault: longer than one push-pull interval
-# of the local profile (15 s), so that every member knows every other.
+# of the local profile (15 s), so that every member has every other in its table.
 CONVERGE = 20.0
 
 

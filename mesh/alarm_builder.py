@@ -1,8 +1,8 @@
 """Turn a report of the protocol core into the alarm record receivers get.
 
-The core says what happened (an incident, its kind, its observers, monotonic
-times); this module says it to people: the subject a team routes on, the
-cluster, the severity and a one-line summary.
+The core reports an incident with its kind, observers and monotonic times.
+This module turns that into what people read: the subject a team routes on,
+the cluster, the severity and a one-line summary.
 """
 
 from __future__ import annotations

@@ -22,16 +22,13 @@ delivers. Three classes of scenario:
 from __future__ import annotations
 
 import collections
-import dataclasses
 import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from memory_mesh import FAST, MemoryMesh, _sign, _verify  # noqa: E402
-
-from mesh.node import Node  # noqa: E402
+from memory_mesh import MemoryMesh  # noqa: E402
 
 CRASH_POINTS = ("before_write", "before_record", "before_delivery")
 
@@ -40,19 +37,10 @@ CRASH_POINTS = ("before_write", "before_record", "before_delivery")
 CONVERGE = 20.0
 
 
-@dataclasses.dataclass
-class Outcome:
-    # Deliveries per (incident, status) that reached the receiver.
-    delivered: collections.Counter
-    # Incident ids opened as firing by any member.
-    incidents: set
-
-
 class SendPathMesh(MemoryMesh):
     """A memory mesh whose members model the agent's send path and outbox."""
 
     def __init__(self, names, *, seed, crash_point=None, group_wait=2.0):
-        self.group_wait = group_wait
         self.crash_point = crash_point
         # Alarms written to each member's outbox and not yet delivered.
         self.outboxes: dict[str, list] = collections.defaultdict(list)
@@ -60,30 +48,21 @@ class SendPathMesh(MemoryMesh):
         self.stored_records: dict[str, tuple] = {}
         self.delivered = collections.Counter()
         self.crashed_reporter: str | None = None
-        super().__init__(names, seed=seed, handoff_delay=1.5)
+        super().__init__(
+            names, seed=seed, handoff_delay=1.5, group_wait=group_wait, group_share=0.3
+        )
+
+    def new_node(self, name, seeds):
+        node = super().new_node(name, seeds)
+        node.restore_records(self.stored_records.get(name, ()), self.now)
+        return node
 
     def start(self, name, seeds=()):
-        seeds = list(seeds) or [n for n in self.nodes if n != name]
-        node = Node(
-            name=name,
-            address=name,
-            swim_config=FAST,
-            handoff_delay=self.handoff_delay,
-            sign=_sign(name),
-            verify=_verify,
-            now=self.now,
-            seeds=seeds,
-            rng=random.Random(self.rng.random()),
-            group_wait=self.group_wait,
-            group_share=0.3,
-        )
-        node.restore_records(self.stored_records.get(name, ()), self.now)
-        self.nodes[name] = node
-        self.crashed.discard(name)
         # A restarted member's outbox delivers what it holds.
         for key in self.outboxes.pop(name, []):
             self.delivered[key] += 1
-        self._send(name, node.join(self.now))
+        # A restarted member rejoins through every other member.
+        super().start(name, list(seeds) or [n for n in self.nodes if n != name])
 
     def _collect(self, name):
         node = self.nodes[name]
@@ -113,10 +92,6 @@ class SendPathMesh(MemoryMesh):
     def _crash_reporter(self, name):
         self.crashed_reporter = name
         self.crash(name)
-
-
-def incident_keys(mesh):
-    return {(r.incident, r.status) for _, _, r in mesh.reports}
 
 
 def run_clean(seed: int) -> tuple[bool, str]:

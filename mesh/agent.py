@@ -127,7 +127,7 @@ class Agent:
         self._wake = trio.Event()
         self._send_in, self._send_out = trio.open_memory_channel[Outbound](SEND_QUEUE_SIZE)
         self._reports_in, self._reports_out = trio.open_memory_channel[Report](256)
-        # Addresses that answered 401 to our frames, warned about once each.
+        # Addresses that responded 401 to our frames, warned about once each.
         self._unauthorized_peers: set[str] = set()
         # Last result of each check, to log changes only.
         self._check_ok: dict[str, bool] = {}
@@ -297,7 +297,7 @@ class Agent:
 
     def _reject(self, error: RejectedMessage) -> None:
         self.metrics.rejected.labels(error.reason.value).inc()
-        # The first rejection of each reason is logged; the counter tells the rest.
+        # The first rejection of each reason is logged, the rest only counted.
         if error.reason not in self._logged_reasons:
             self._logged_reasons.add(error.reason)
             logger.warning(
@@ -405,7 +405,7 @@ class Agent:
         if response.status_code != 200:
             self.metrics.send_failures.labels(kind, SEND_REJECTED).inc()
             if response.status_code == 401 and item.address not in self._unauthorized_peers:
-                # Usually a key mismatch that no retry fixes: say so once per peer.
+                # Usually a key mismatch, which no retry fixes, so log it once per peer.
                 self._unauthorized_peers.add(item.address)
                 logger.warning(
                     "peer rejected our signed frame peer=%s address=%s answer=%r; check "
@@ -567,7 +567,7 @@ class Agent:
         alarm = self._alarm_builder.build(report, cluster_answers=cluster_answers)
         signed: SignedAlarm = seal_alarm(self._key, alarm)
         # The route picks the receivers. The entries are durable before
-        # anything is sent, and before the record tells the other ranks that
+        # anything is sent, and before the record informs the other ranks that
         # they need not report. The write and its fsync block the event loop
         # for a few milliseconds, once per alarm.
         decision = self._dispatcher.submit(signed)

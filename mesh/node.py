@@ -248,10 +248,9 @@ class Node:
         verdict = self.observations.verdict(spec.name, active, spec.quorum)
         summary = self._check_summaries.get(spec.name, "")
 
-        # Reporters are ranked over every member that runs the check. The
-        # failing set would name the observers more precisely, but it grows
-        # while verdicts arrive, so two members could rank different sets and
-        # both come out first; the set of runners is stable.
+        # Reporters are ranked over every member that runs the check, because
+        # that set is stable. The failing set grows while verdicts arrive, so
+        # two members ranking it could both come out first.
         runners = sorted(verdict.failing + verdict.passing)
 
         # The quorum incident. It waits two check intervals like the egress
@@ -306,8 +305,8 @@ class Node:
                     observers=verdict.passing,
                     detail=detail,
                     hold=2 * spec.interval,
-                    # The condition holds since the member failed and a
-                    # healthy quorum stood, whichever came last.
+                    # The condition is true from when the member failed or a
+                    # healthy quorum formed, whichever came last.
                     start=self._monotonic(max(since, verdict.ended or since), now),
                 )
         for incident in self.incidents.open_incidents():
@@ -325,7 +324,7 @@ class Node:
         """Return a reported, unresolved incident id starting with ``prefix``.
 
         After a restart a check starts again from passing, and fails again
-        while the outage goes on; taking over the incident that was reported
+        while the outage goes on. Taking over the incident that was reported
         before the restart keeps the same outage from paging twice.
         """
         firing = {r.incident for r in self.incidents.records() if r.status == "firing"}
@@ -371,8 +370,8 @@ class Node:
     def _with_state(self, outbound: Outbound) -> Outbound:
         """Add records and shared verdicts to a push-pull sync.
 
-        A member that joins or rejoins then knows what was already reported
-        and what every member sees.
+        A member that joins or rejoins then has the records of what was
+        already reported and every member's verdicts.
         """
         message = outbound.message
         if not isinstance(message, Sync):

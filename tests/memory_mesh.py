@@ -35,7 +35,11 @@ def _verify(name, data, signature):
 
 
 class MemoryMesh:
-    def __init__(self, names, *, seed=0, latency=0.001, handoff_delay=2.0):
+    """Members on one virtual clock; ``node_options`` go to every Node."""
+
+    def __init__(self, names, *, seed=0, latency=0.001, handoff_delay=2.0, **node_options):
+        self.node_options = node_options
+        self.sides: list[set[str]] = []
         self.now = 0.0
         self.latency = latency
         self.handoff_delay = handoff_delay
@@ -48,8 +52,8 @@ class MemoryMesh:
         for name in names:
             self.start(name, seeds=[names[0]])
 
-    def start(self, name, seeds=()):
-        node = Node(
+    def new_node(self, name, seeds):
+        return Node(
             name=name,
             address=name,
             swim_config=FAST,
@@ -59,7 +63,11 @@ class MemoryMesh:
             now=self.now,
             seeds=seeds,
             rng=random.Random(self.rng.random()),
+            **self.node_options,
         )
+
+    def start(self, name, seeds=()):
+        node = self.new_node(name, seeds)
         self.nodes[name] = node
         self.crashed.discard(name)
         self._send(name, node.join(self.now))
@@ -75,8 +83,7 @@ class MemoryMesh:
         self.sides = []
 
     def is_cut(self, sender, receiver):
-        sides = getattr(self, "sides", [])
-        return any(sender in side and receiver not in side for side in sides)
+        return any(sender in side and receiver not in side for side in self.sides)
 
     def leave(self, name):
         self._send(name, self.nodes[name].leave(self.now))

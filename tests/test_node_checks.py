@@ -5,10 +5,8 @@ times; check results are fed by hand, as the runtime would feed them.
 """
 
 import dataclasses
-import random
 
-from memory_mesh import FAST, MemoryMesh, _sign, _verify
-from mesh.node import Node
+from memory_mesh import MemoryMesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,34 +24,9 @@ class CheckMesh(MemoryMesh):
     """A memory mesh whose members run the given checks and group outages."""
 
     def __init__(self, names, checks, *, group_wait=0.0, group_share=1.0, **kwargs):
-        self.checks = checks
-        self.group_wait = group_wait
-        self.group_share = group_share
-        super().__init__(names, **kwargs)
-
-    def start(self, name, seeds=()):
-        seeds = [n for n in self.names_seen if n != name] if not seeds else seeds
-        node = Node(
-            name=name,
-            address=name,
-            swim_config=FAST,
-            handoff_delay=self.handoff_delay,
-            sign=_sign(name),
-            verify=_verify,
-            now=self.now,
-            seeds=seeds,
-            rng=random.Random(self.rng.random()),
-            checks=self.checks,
-            group_wait=self.group_wait,
-            group_share=self.group_share,
+        super().__init__(
+            names, checks=checks, group_wait=group_wait, group_share=group_share, **kwargs
         )
-        self.nodes[name] = node
-        self.crashed.discard(name)
-        self._send(name, node.join(self.now))
-
-    @property
-    def names_seen(self):
-        return list(self.nodes)
 
     def observe(self, name, check, ok, summary="result"):
         node = self.nodes[name]

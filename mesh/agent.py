@@ -17,19 +17,18 @@ member that it left, under a short shielded deadline, and then cancels the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from sinks.config import open_sink
-from sinks.dispatch import Dispatcher, SinkDestination
+from sinks.dispatch import Dispatcher
 from sinks.outbox import Outbox
 from sinks.routing import Router
 from storage import open_archive
@@ -39,10 +38,9 @@ from storage.destination import ArchiveDestination
 from .alarm import SignedAlarm, open_alarm, seal_alarm
 from .alarm_builder import AlarmBuilder
 from .checks.observation import Observation
-from .checks.runner import run_checks_forever
 from .config import AgentConfig
 from .errors import Reason, RejectedMessage
-from .frame_transport import FrameTransport
+from .frame_client import FrameClient, PeerError, PeerTimeout
 from .http_api import create_app
 from .incidents import Decision, Kind, Report
 from .keys import Keyring, SigningKey, encode_public_key
@@ -81,9 +79,6 @@ KEEPALIVE_EXPIRY = 120.0
 # The server keeps idle connections longer than its clients do, so that a client
 # never sends a probe on a connection the server is closing.
 SERVER_KEEPALIVE_TIMEOUT = KEEPALIVE_EXPIRY + 30.0
-# httpx's default request headers that agents do not need; each probe would
-# carry them (about 100 bytes).
-UNNEEDED_HEADERS = ("accept", "accept-encoding", "connection", "user-agent")
 # Deadline of the request to a dead member's cluster endpoint before reporting.
 CLUSTER_ENDPOINT_TIMEOUT = 5.0
 # Seconds reported records are kept on disk; longer than any outage we expect
@@ -127,6 +122,8 @@ class Agent:
         self._wake = trio.Event()
         self._send_in, self._send_out = trio.open_memory_channel[Outbound](SEND_QUEUE_SIZE)
         self._reports_in, self._reports_out = trio.open_memory_channel[Report](256)
+        # The HTTP client of receivers and cluster endpoints; None without either.
+        self._client: Any = None
         # Addresses that responded 401 to our frames, warned about once each.
         self._unauthorized_peers: set[str] = set()
         # Last result of each check, to log changes only.
@@ -177,29 +174,30 @@ class Agent:
             wall_time_of=self._wall_time_of,
             wall_clock=self._wall_clock,
         )
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        timeout = httpx.Timeout(profile.request_timeout)
-        # Frames to other agents go through a client of their own: one TCP
-        # segment per request, long keep-alive, no default headers.
-        mesh_transport = FrameTransport(keepalive_expiry=KEEPALIVE_EXPIRY)
-
-        async with (
-            httpx.AsyncClient(limits=limits, timeout=timeout) as client,
-            httpx.AsyncClient(transport=mesh_transport, timeout=timeout) as mesh_client,
-        ):
-            for header in UNNEEDED_HEADERS:
-                mesh_client.headers.pop(header, None)
-            self._client = client
+        async with contextlib.AsyncExitStack() as stack:
+            # Frames to other agents go through a client of their own: one TCP
+            # segment per request, long keep-alive, no default headers.
+            mesh_client = await stack.enter_async_context(
+                FrameClient(keepalive_expiry=KEEPALIVE_EXPIRY)
+            )
             archive = open_archive(
                 config.archive,
                 endpoint_url=config.archive_endpoint_url,
                 region=config.archive_region,
             )
             archive = MeteredArchive(archive, self.metrics)
-            destinations = {"archive": ArchiveDestination(archive)}
-            for sink_config in config.sinks:
-                sink = open_sink(sink_config, signing_key=self._key, signer=config.name)
-                destinations[sink.name] = SinkDestination(sink, client)
+            destinations: dict[str, Any] = {"archive": ArchiveDestination(archive)}
+            if config.sinks or config.cluster_endpoints:
+                self._client = await stack.enter_async_context(self._http_client())
+            if config.sinks:
+                # Imported here: the receivers load httpx and their renderers,
+                # memory an agent without receivers does not spend.
+                from sinks.config import open_sink
+                from sinks.dispatch import SinkDestination
+
+                for sink_config in config.sinks:
+                    sink = open_sink(sink_config, signing_key=self._key, signer=config.name)
+                    destinations[sink.name] = SinkDestination(sink, self._client)
             self.metrics.add_receivers(destinations)
             self._outbox = Outbox(
                 config.data_dir / "outbox",
@@ -231,6 +229,9 @@ class Agent:
                 self._dispatch(self.node.join(trio.current_time()))
                 nursery.start_soon(self._timer_loop)
                 if config.checks:
+                    # Imported here: the checks load httpx and their clients.
+                    from .checks.runner import run_checks_forever
+
                     await nursery.start(run_checks_forever, config.checks, self._on_observation)
                 logger.info(
                     "agent started member=%s listen=%s advertise=%s seeds=%s profile=%s",
@@ -246,6 +247,15 @@ class Agent:
                 await self._leave(mesh_client)
                 nursery.cancel_scope.cancel()
         logger.info("agent stopped member=%s", config.name)
+
+    def _http_client(self) -> Any:
+        """Return the httpx client for receivers and cluster endpoints."""
+        # Imported here, so that an agent with neither never loads httpx.
+        import httpx
+
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        timeout = httpx.Timeout(self.config.profile.request_timeout)
+        return httpx.AsyncClient(limits=limits, timeout=timeout)
 
     async def _serve_http(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         hypercorn_config = HypercornConfig()
@@ -276,7 +286,7 @@ class Agent:
             await trio.sleep(delay)
             delay = min(delay * 2, PUBLISH_KEY_MAX_DELAY)
 
-    async def _leave(self, client: httpx.AsyncClient) -> None:
+    async def _leave(self, client: FrameClient) -> None:
         assert self.node is not None
         outbound = self.node.leave(trio.current_time())
         logger.info("leaving the mesh member=%s notifying=%d", self.name, len(outbound))
@@ -370,11 +380,11 @@ class Agent:
                 self.metrics.send_failures.labels(kind, SEND_QUEUE_FULL).inc()
                 logger.debug("send queue full, dropped type=%s peer=%s", kind, item.target)
 
-    async def _sender(self, client: httpx.AsyncClient) -> None:
+    async def _sender(self, client: FrameClient) -> None:
         async for item in self._send_out:
             await self._post(client, item)
 
-    async def _post(self, client: httpx.AsyncClient, item: Outbound) -> None:
+    async def _post(self, client: FrameClient, item: Outbound) -> None:
         """POST one message and handle the messages in the response."""
         kind = message_type(item.message)
         body = self._seal([item.message])
@@ -384,19 +394,17 @@ class Agent:
             timeout = self.node.swim.probe_timeout()
         else:
             timeout = self.config.profile.request_timeout
-        url = f"http://{item.address}/healthz"
-        # No content-type: the endpoint takes frames only and each frame names
-        # its version, and the header would be a third of a ping's bytes.
-        headers: dict[str, str] = {}
         try:
             with trio.fail_after(timeout):
-                response = await client.post(url, content=body, headers=headers)
-        except (httpx.TimeoutException, trio.TooSlowError) as exc:
+                response = await client.post(
+                    item.address, "/healthz", body, connect_timeout=timeout
+                )
+        except (PeerTimeout, trio.TooSlowError) as exc:
             # No answer in time: the core's own timers deal with silence.
             self.metrics.send_failures.labels(kind, SEND_UNREACHABLE).inc()
             logger.debug("send timed out type=%s peer=%s error=%r", kind, item.target, exc)
             return
-        except (httpx.HTTPError, OSError) as exc:
+        except (PeerError, ValueError) as exc:
             self.metrics.send_failures.labels(kind, SEND_UNREACHABLE).inc()
             logger.debug("send failed type=%s peer=%s error=%r", kind, item.target, exc)
             self._delivery_failed(item)
@@ -592,6 +600,8 @@ class Agent:
         url = self.config.cluster_endpoints.get(report.subject)
         if report.kind is not Kind.MEMBER_DOWN or report.status != "firing" or url is None:
             return None
+        import httpx  # loaded already: the client exists when endpoints are configured
+
         try:
             with trio.fail_after(CLUSTER_ENDPOINT_TIMEOUT):
                 await self._client.get(url)

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import trio
 
 from .errors import ConfigError, KeyFileError
@@ -123,6 +122,8 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
+    import httpx
+
     from .peers_table import format_peers
 
     url = args.url.rstrip("/")
@@ -371,6 +372,9 @@ def cmd_archive_prune(args: argparse.Namespace) -> int:
 
 def _redact_secrets(config) -> None:
     """Mask every sink secret in log lines, whichever logger writes them."""
+    if not config.sinks:
+        # Nothing to mask, and no reason to load every receiver's module.
+        return
     from sinks.config import config_secrets
     from sinks.secret import RedactSecrets
 

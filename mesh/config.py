@@ -16,11 +16,10 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sinks.config import SinkConfig, parse_sink_config
 from sinks.errors import SinkConfigError
 from sinks.retry import RetryPolicy
 from sinks.routing import Router, parse_duration, parse_routing
@@ -36,6 +35,9 @@ from .checks.config import CheckConfig, parse_checks
 from .errors import ConfigError, KeyFileError
 from .keys import VerifyKey, parse_public_key
 from .profiles import PROFILES, Profile
+
+if TYPE_CHECKING:
+    from sinks.config import SinkConfig
 
 __all__ = ["AgentConfig", "load_config", "parse_config", "parse_address"]
 
@@ -244,6 +246,10 @@ def _parse_sinks(raw: Any, environ: Mapping[str, str]) -> tuple[SinkConfig, ...]
         # Only the type is shown: a misplaced webhook URL is a secret.
         kind = type(raw).__name__
         raise ConfigError(f"sinks: invalid value of type {kind}, expected a list of sinks")
+    # Imported here: parsing a receiver loads httpx and the receivers' modules,
+    # memory an agent without receivers does not spend.
+    from sinks.config import parse_sink_config
+
     sinks = []
     for index, item in enumerate(raw):
         try:

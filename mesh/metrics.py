@@ -19,7 +19,6 @@ the series to exist before the first increment to see it.
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 from collections.abc import Iterable
 from typing import Any
@@ -34,6 +33,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from . import __version__
 from .errors import Reason
 from .membership import State
 from .messages import Ack, Gossip, Nack, Ping, PingReq, Sync
@@ -81,12 +81,8 @@ RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 
 
 
 def package_version() -> str:
-    """Return the installed version of the ``alarminati`` distribution."""
-    try:
-        return importlib.metadata.version("alarminati")
-    except importlib.metadata.PackageNotFoundError:
-        # Running from a source tree that was never installed.
-        return "0+unknown"
+    """Return the version of this source tree, the distribution's version."""
+    return __version__
 
 
 def message_type(message: Any) -> str:

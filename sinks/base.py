@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import re
 import urllib.parse
-from typing import Protocol, runtime_checkable
-
-import httpx
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from mesh.alarm import SignedAlarm
 
 from .errors import SinkConfigError
 from .secret import Secret
+
+# Only for annotations: the receivers load httpx when they are configured.
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Sink",
@@ -111,6 +113,8 @@ def check_url(url: Secret) -> Secret:
     """
     # Messages quote the scheme at most: the rest of the URL can be the credential.
     expected = "expected an http or https URL such as https://host/path"
+    import httpx  # loaded only when a receiver is configured
+
     try:
         parts = urllib.parse.urlsplit(url.reveal())
         httpx.URL(url.reveal())

@@ -21,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import httpx
 import trio
 
 from mesh.alarm import SignedAlarm, Status
@@ -30,6 +30,10 @@ from mesh.alarm import SignedAlarm, Status
 from .base import Sink
 from .outbox import Envelope, Outbox
 from .routing import RouteDecision, Router
+
+# Only for annotations: the receivers load httpx when they are configured.
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["Dispatcher", "SinkDestination", "ARCHIVE"]
 

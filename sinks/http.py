@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import email.utils
-import importlib.metadata
 import json
 import math
 import time
@@ -30,6 +29,8 @@ from typing import Any
 
 import httpx
 import trio
+
+from mesh import __version__
 
 from .errors import SinkPermanentError, SinkRetryableError
 from .secret import Secret, mask_secret
@@ -45,15 +46,7 @@ __all__ = [
 ]
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("alarminati")
-    except importlib.metadata.PackageNotFoundError:
-        # Running from a source tree that was never installed.
-        return "0+unknown"
-
-
-USER_AGENT = f"alarminati/{_package_version()}"
+USER_AGENT = f"alarminati/{__version__}"
 
 # Maximum bytes of a response body that are read. Receivers respond with a word
 # or a short JSON error, and the cap keeps a misbehaving one from filling memory.

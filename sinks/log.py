@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import TextIO
-
-import httpx
+from typing import TYPE_CHECKING, TextIO
 
 from mesh.alarm import Alarm, SignedAlarm, format_time
 
 from .base import check_sink_name
 from .errors import SinkRetryableError
+
+# Only for annotations: the receivers load httpx when they are configured.
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["LogConfig", "LogSink", "format_line"]
 

@@ -46,9 +46,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from detect_agents import Agent, Namespace, start_alarminati, start_serf, stop_all, wait_converged  # noqa: E402
+from detect_agents import (  # noqa: E402
+    Agent,
+    Namespace,
+    start_alarminati,
+    start_alarminati_with_webhook,
+    start_serf,
+    stop_all,
+    wait_converged,
+)
 
-STARTERS = {"alarminati": start_alarminati, "serf": start_serf}
+# "alarminati-webhook" is run at N = 20 only, for its memory with a receiver.
+STARTERS = {
+    "alarminati": start_alarminati,
+    "alarminati-webhook": start_alarminati_with_webhook,
+    "serf": start_serf,
+}
+MEMORY_SIZE = 20
 IMPORT_FLOOR_CODE = (
     "import trio, httpx, hypercorn.trio, msgpack, nacl.signing, prometheus_client, yaml\n"
     "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])"
@@ -190,10 +204,13 @@ def summarize(results: list[dict], floor: float, args: argparse.Namespace) -> st
     ]
     ratios: dict[int, dict[str, float | None]] = {}
     idle_bytes: dict[int, float | None] = {}
+    kinds = args.kinds + sorted({r["kind"] for r in results} - set(args.kinds))
     for count in args.sizes:
         medians = {}
-        for kind in args.kinds:
+        for kind in kinds:
             runs = [r for r in results if r["kind"] == kind and r["members"] == count]
+            if not runs:
+                continue
             m = {k: median_of(runs, k) for k in (
                 "first_detection", "all_survivors", "idle_bytes_per_agent_second",
                 "idle_cpu_percent", "rss_mib",
@@ -260,16 +277,31 @@ def summarize(results: list[dict], floor: float, args: argparse.Namespace) -> st
             f"- idle bytes at most {IDLE_BYTES_RATIO} × Serf's: worst ratio {worst:.2f} "
             f"({verdict(worst <= IDLE_BYTES_RATIO)})"
         )
-    at20 = [r for r in results if r["kind"] == "alarminati" and r["members"] == 20 and "rss_mib" in r]
+    def at_memory_size(kind: str) -> list[dict]:
+        return [
+            r for r in results
+            if r["kind"] == kind and r["members"] == MEMORY_SIZE and "rss_mib" in r
+        ]
+
+    at20 = at_memory_size("alarminati")
     if at20:
         rss = statistics.median(r["rss_mib"] for r in at20)
         cpu = statistics.median(r["idle_cpu_percent"] for r in at20)
         lines.append(
-            f"- memory at N = 20: import floor {floor:.1f} MiB, idle agent {rss:.1f} MiB, "
+            f"- memory at N = {MEMORY_SIZE}: import floor {floor:.1f} MiB, idle agent {rss:.1f} MiB, "
             f"{rss - floor:+.1f} MiB over the floor (target ≤ {RSS_ABOVE_FLOOR_MIB:g} MiB "
             f"over and ≤ {RSS_LIMIT_MIB:g} MiB: "
             f"{verdict(rss - floor <= RSS_ABOVE_FLOOR_MIB and rss <= RSS_LIMIT_MIB)})"
         )
+        with_webhook = at_memory_size("alarminati-webhook")
+        if with_webhook:
+            rss = statistics.median(r["rss_mib"] for r in with_webhook)
+            lines.append(
+                f"- the same agent with a webhook receiver, which loads httpx: {rss:.1f} MiB, "
+                f"{rss - floor:+.1f} MiB over the floor (≤ {RSS_ABOVE_FLOOR_MIB:g} MiB over: "
+                f"{verdict(rss - floor <= RSS_ABOVE_FLOOR_MIB)}, ≤ {RSS_LIMIT_MIB:g} MiB: "
+                f"{verdict(rss <= RSS_LIMIT_MIB)})"
+            )
         lines.append(
             f"- idle CPU at N = 20: {cpu:.2f} % of a core "
             f"({verdict(cpu < IDLE_CPU_PERCENT)} < {IDLE_CPU_PERCENT:g} %)"
@@ -331,6 +363,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss-duration", type=float, default=600.0, help="seconds of the lossy run")
     parser.add_argument("--loss-kinds", default="serf", help="kinds run under loss (Alarminati's comes from the simulator)")
     parser.add_argument("--skip-loss", action="store_true", help="skip the lossy run")
+    parser.add_argument(
+        "--skip-receiver", action="store_true",
+        help=f"skip the run at N = {MEMORY_SIZE} with a webhook receiver configured",
+    )
     parser.add_argument("--json", help="write every run's figures to this file")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -357,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = detection_run(kind, count, repetition, args)
                 log(f"  {json.dumps(result)}")
                 results.append(result)
+        if "alarminati" in args.kinds and MEMORY_SIZE in args.sizes and not args.skip_receiver:
+            log(f"run {repetition + 1}/{args.repeats}: alarminati-webhook N={MEMORY_SIZE}")
+            result = detection_run("alarminati-webhook", MEMORY_SIZE, repetition, args)
+            log(f"  {json.dumps(result)}")
+            results.append(result)
 
     loss_results = []
     if not args.skip_loss:

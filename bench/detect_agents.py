@@ -184,8 +184,13 @@ def start_serf(namespace: Namespace, count: int, workdir: Path) -> list[Agent]:
     return agents
 
 
-def start_alarminati(namespace: Namespace, count: int, workdir: Path) -> list[Agent]:
-    """Start ``count`` agents on the lan profile, seeded by the first three."""
+def start_alarminati(
+    namespace: Namespace, count: int, workdir: Path, *, sinks: list[dict] | None = None
+) -> list[Agent]:
+    """Start ``count`` agents on the lan profile, seeded by the first three.
+
+    ``sinks`` is each agent's list of receivers; by default it has none.
+    """
     members = names(count)
     addresses = {n: f"127.0.0.1:{BASE_PORT + i}" for i, n in enumerate(members)}
     public = {}
@@ -204,6 +209,8 @@ def start_alarminati(namespace: Namespace, count: int, workdir: Path) -> list[Ag
             "data_dir": f"data/{name}",
             "archive": "archive",
         }
+        if sinks:
+            config["sinks"] = sinks
         path = workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         command = [sys.executable, "-m", "mesh.cli", "--log-level", "info", "agent", "--config", str(path)]
@@ -226,3 +233,14 @@ def wait_converged(agents: list[Agent], timeout: float) -> float | None:
             return None
         time.sleep(0.2)
     return None
+
+
+def start_alarminati_with_webhook(namespace: Namespace, count: int, workdir: Path) -> list[Agent]:
+    """Start agents as :func:`start_alarminati` does, each with a webhook receiver.
+
+    A receiver loads httpx and the receivers' modules, so this is the memory of
+    an agent as deployed. Nothing listens on the webhook's port: the alarm about
+    the killed agent is retried by the outbox, which the idle window precedes.
+    """
+    webhook = {"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/alarms"}
+    return start_alarminati(namespace, count, workdir, sinks=[webhook])

@@ -188,7 +188,12 @@ class Agent:
             archive = MeteredArchive(archive, self.metrics)
             destinations: dict[str, Any] = {"archive": ArchiveDestination(archive)}
             if config.sinks or config.cluster_endpoints:
-                self._client = await stack.enter_async_context(self._http_client())
+                # Imported here, so that an agent with neither never loads httpx.
+                from .tls import open_http_client
+
+                self._client = await stack.enter_async_context(
+                    open_http_client(timeout=profile.request_timeout)
+                )
             if config.sinks:
                 # Imported here: the receivers load httpx and their renderers,
                 # memory an agent without receivers does not spend.
@@ -247,15 +252,6 @@ class Agent:
                 await self._leave(mesh_client)
                 nursery.cancel_scope.cancel()
         logger.info("agent stopped member=%s", config.name)
-
-    def _http_client(self) -> Any:
-        """Return the httpx client for receivers and cluster endpoints."""
-        # Imported here, so that an agent with neither never loads httpx.
-        import httpx
-
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        timeout = httpx.Timeout(self.config.profile.request_timeout)
-        return httpx.AsyncClient(limits=limits, timeout=timeout)
 
     async def _serve_http(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         hypercorn_config = HypercornConfig()

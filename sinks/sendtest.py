@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import trio
 
 from mesh.alarm import Alarm, Severity, Status, open_alarm, seal_alarm
 from mesh.keys import Keyring, SigningKey
+from mesh.tls import open_http_client
 
 from .config import SinkConfig, open_sink
 from .dispatch import SinkDestination
@@ -107,7 +107,7 @@ async def send_test(
     policy = RetryPolicy(max_age=max_age, max_delay=min(60.0, max_age))
     data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="send-test-", dir=data_dir) as folder:
-        async with httpx.AsyncClient() as client:
+        async with open_http_client() as client:
             outbox = Outbox(
                 Path(folder),
                 {sink.name: SinkDestination(sink, client)},

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from ..tls import default_ssl_context
 from .config import CheckConfig, HttpCheck, KubeSource
 
 __all__ = ["CheckFileError", "open_check_client", "create_kube_ssl_context"]
@@ -51,15 +52,8 @@ def open_check_client(check: CheckConfig) -> httpx.AsyncClient:
 
 def _http_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
     if ca_file is None:
-        return _default_ssl_context()
+        return default_ssl_context()
     return _load_context(cafile=ca_file)
-
-
-@functools.cache
-def _default_ssl_context() -> ssl.SSLContext:
-    # httpx's default trust store (certifi, or SSL_CERT_FILE), built once per
-    # process because loading it takes longer than the request it secures.
-    return httpx.create_ssl_context()
 
 
 def create_kube_ssl_context(source: KubeSource) -> ssl.SSLContext:
@@ -76,10 +70,10 @@ def create_kube_ssl_context(source: KubeSource) -> ssl.SSLContext:
     elif source.ca_file is not None or source.ca_data is not None:
         context = _load_context(cafile=source.ca_file, cadata=source.ca_data)
     else:
-        context = _default_ssl_context()
+        context = default_ssl_context()
 
     if source.client_cert_file or source.client_cert_data:
-        if context is _default_ssl_context():
+        if context is default_ssl_context():
             context = _load_context()
         _load_client_certificate(context, source)
     return context

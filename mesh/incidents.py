@@ -88,6 +88,9 @@ class Incident:
     detail: str = ""
     # Whether a member-down subject left gracefully after being declared dead.
     left: bool = False
+    # Whether this member's lone report was postponed for a group; see
+    # Incidents._yield_to_group.
+    yielded: bool = False
 
     @property
     def status(self) -> str:
@@ -160,6 +163,8 @@ class Incidents:
         self._mesh_size = 1
         # Active members at the last membership change, this member included.
         self._active: list[str] = [name]
+        # Members known and not left (dead ones included), this member included.
+        self._known: list[str] = [name]
         self._log: list[IncidentLog] = []
 
     def drain_log(self) -> list[IncidentLog]:
@@ -255,10 +260,22 @@ class Incidents:
                 IncidentLog(incident.id, status, Decision.WAIT_HANDOFF, rank, delay)
             )
 
-    def on_member_event(self, event: MemberEvent, active: list[str], now: float) -> None:
-        """Open or resolve member-down incidents for a membership change."""
+    def on_member_event(
+        self,
+        event: MemberEvent,
+        active: list[str],
+        now: float,
+        known: list[str] | None = None,
+    ) -> None:
+        """Open or resolve member-down incidents for a membership change.
+
+        Args:
+            active: alive and suspect members, this member included.
+            known: members not left, dead ones included; defaults to ``active``.
+        """
         self._mesh_size = len(active)
         self._active = list(active)
+        self._known = list(active if known is None else known)
         was_active = event.old is not None and event.old.is_active
         if event.new is State.DEAD and was_active:
             eligible = [n for n in active if n != event.name]
@@ -303,10 +320,11 @@ class Incidents:
                     continue
                 del incident.due[status]
                 if incident.kind is Kind.MEMBER_DOWN:
-                    rank = self._current_rank(incident)
-                    if rank is None:
+                    current = self._current_rank(incident)
+                    if current is None:
                         continue
-                    due = incident.starts[status] + rank * self.handoff_delay
+                    rank, offset = current
+                    due = incident.starts[status] + rank * self.handoff_delay + offset
                     if due > now:
                         incident.due[status] = (due, rank)
                         continue
@@ -319,22 +337,45 @@ class Incidents:
                         if group is not None:
                             reports.append(group)
                         continue
+                    if self._yield_to_group(incident, rank, now):
+                        continue
                 self._log.append(IncidentLog(incident.id, status, decision, rank))
                 if decision is Decision.REPORT_NOW:
                     reports.append(self._report(incident, status, rank))
         return reports
 
-    def _current_rank(self, incident: Incident) -> int | None:
+    def _current_rank(self, incident: Incident) -> tuple[int, float] | None:
         """Rank this member for a member-down incident over the members active now.
+
+        Returns the rank and a tie-break offset in seconds, or None when this
+        member is not eligible.
 
         Views of who is active differ between members while members fail or
         come back (a partition healing is the extreme case). The rank taken
         when the incident opened may rest on a view that others did not share;
-        the view when the turn comes has had time to converge.
+        the view when the turn comes has had time to converge. During a
+        partition it has not: two members that each count a different member
+        as dead can both come out at rank 2. The offset breaks that tie by
+        each member's position in the ranking of every known member, dead ones
+        included, which views agree on. It is zero when no member ranked
+        ahead is dead, and less than one hand-off delay otherwise, so ranks
+        keep their order.
         """
-        eligible = [n for n in self._active if n != incident.subject]
-        ranking = rank_members(incident.id, eligible)
-        return ranking.index(self.name) if self.name in ranking else None
+        return self._rank(incident.id, {incident.subject})
+
+    def _rank(self, key: str, excluded: set[str]) -> tuple[int, float] | None:
+        """Rank this member for ``key`` over the active members not ``excluded``."""
+        eligible = [n for n in self._active if n not in excluded]
+        ranking = rank_members(key, eligible)
+        if self.name not in ranking:
+            return None
+        rank = ranking.index(self.name)
+        known = [n for n in self._known if n not in excluded]
+        if self.name not in known:
+            return rank, 0.0
+        position = rank_members(key, known).index(self.name)
+        offset = (position - rank) / len(known) * self.handoff_delay
+        return rank, max(0.0, offset)
 
     def _decide(self, incident: Incident, status: str) -> Decision:
         if self.is_reported(incident.id, status):
@@ -362,9 +403,6 @@ class Incidents:
 
         Incidents chain when each started at most group_wait after another.
         """
-        # NOTE: members that disagree on when a member went down can report it
-        # both in a group and alone; 2 of 200 partition scenarios of
-        # bench/incident_scenarios.py still do.
         pending = sorted(
             (
                 other
@@ -412,20 +450,48 @@ class Incidents:
             return True
         return False
 
+    def _yield_to_group(self, incident: Incident, rank: int, now: float) -> bool:
+        """Postpone a lone report once while other members' deaths are unreported.
+
+        Members see deaths at slightly different times, so one may chain this
+        incident into a group while this member sees it alone. Both turns can
+        come at once, and the subject is paged twice. Waiting one more hand-off
+        delay lets the group's records arrive first; without other deaths
+        pending, a lone death is reported without delay.
+        """
+        if incident.yielded:
+            return False
+        others = any(
+            other is not incident
+            and other.kind is Kind.MEMBER_DOWN
+            and other.ended is None
+            and not self.is_reported(other.id, FIRING)
+            for other in self._incidents.values()
+        )
+        if not others:
+            return False
+        # Half a delay keeps this turn apart from the next rank's, which may
+        # not have yielded because its member sees no other death pending.
+        incident.yielded = True
+        incident.due[FIRING] = (now + self.handoff_delay / 2, rank)
+        return True
+
     def _group_turn(self, incident: Incident, rank: int, now: float) -> Report | None:
         """Report the group of ``incident`` if it is this member's turn.
 
-        The group is ranked as one incident, under its own id, so that the
-        members reporting its parts do not each report the whole group.
+        The group is ranked as one incident, so that the members reporting its
+        parts do not each report the whole group. Members may see groups that
+        differ by a member or two, so the ranking is keyed by the incident of
+        the group's first subject by name, which such groups share, rather
+        than by the group's id.
         """
         members = self._group_candidates(incident)
-        group_id = self._group_id(members)
-        eligible = sorted({o for m in members for o in m.observers})
-        ranking = rank_members(group_id, eligible)
-        if self.name not in ranking:
+        key = min(members, key=lambda m: m.subject).id
+        current = self._rank(key, {m.subject for m in members})
+        if current is None:
             return None
-        group_rank = ranking.index(self.name)
-        due = self._group_start(incident) + group_rank * self.handoff_delay
+        group_rank, offset = current
+        due = self._group_start(incident) + group_rank * self.handoff_delay + offset
         if now < due:
             incident.due[FIRING] = (due, rank)
             return None

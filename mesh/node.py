@@ -354,8 +354,9 @@ class Node:
         if events:
             # Sorting the members costs O(N log N): only pay it on a change.
             active = self.swim.active_members()
+            known = self.swim.known_members()
             for event in events:
-                self.incidents.on_member_event(event, active, now)
+                self.incidents.on_member_event(event, active, now, known)
             self._member_events.extend(events)
 
         # Membership changes move quorums too: a dead runner no longer counts.

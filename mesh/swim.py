@@ -309,6 +309,10 @@ class Swim:
             names.append(self.name)
         return sorted(names)
 
+    def known_members(self) -> list[str]:
+        """Names of members that have not left, dead ones and this agent included."""
+        return [name for name, member in self.members.items() if member.state is not State.LEFT]
+
     def member_count(self) -> int:
         """Number of active members, this agent included: N in the formulas."""
         return len(self._active) + 1

@@ -158,6 +158,21 @@ def test_traffic_counted_per_type():
     assert report.bytes["ping"] > 64 * report.messages["ping"]
 
 
+def test_group_wait_groups_members_down_together():
+    # On the lan profile the four deaths are declared over about 5 s: the
+    # wait must chain them.
+    events = [{"at": 10, "crash": ["m0", "m1", "m2", "m3"]}]
+    timing = {"group_wait": 5, "group_share": 0.3}
+    report = run_simulation(scenario(duration=40, timing=timing, events=events))
+    assert report.alarms["firing"] == 1
+
+
+def test_grouping_off_by_default():
+    events = [{"at": 10, "crash": ["m0", "m1", "m2", "m3"]}]
+    report = run_simulation(scenario(duration=40, events=events))
+    assert report.alarms["firing"] == 4
+
+
 @pytest.mark.parametrize(
     "message",
     [
@@ -205,6 +220,8 @@ def test_scenario_file_loaded(tmp_path):
         ({"timing": {"probe_timeout": 3}}, "timing: invalid probe_timeout 3.0"),
         ({"timing": {"speed": 3}}, "timing.speed: unknown key"),
         ({"events": [{"at": 1, "starve": "m1", "for": 5, "every": 4}]}, "events[0].every: 4.0"),
+        ({"timing": {"group_share": 0}}, "timing.group_share: invalid value 0"),
+        ({"timing": {"group_wait": -1}}, "timing.group_wait: invalid value -1"),
     ],
 )
 def test_scenario_invalid_value_named(raw, expected):

@@ -225,6 +225,8 @@ class Simulation:
             address=name,
             swim_config=scenario.swim,
             handoff_delay=scenario.handoff_delay,
+            group_wait=scenario.group_wait,
+            group_share=scenario.group_share,
             sign=lambda data: _SIGNATURE,
             verify=lambda member, data, signature: True,
             now=now,

@@ -20,8 +20,15 @@ A scenario file looks like this (every key but ``members`` is optional)::
       - {at: 30, starve: [m1, m2, m3], for: 5, every: 30}
       - {at: 100, slow: [m9], for: 60, delay: 0.8}
       - {at: 300, leave: [m12]}
+      - {at: 400, crash_reporter: before_record, for: 30}
 
-Unlike the agent, the simulator groups member-down alarms only when ``timing`` sets
+A ``crash_reporter`` event crashes the member that sends the first firing
+alarm reported at or after ``at``, at one point of its send path:
+``before_write`` (before the alarm is in its outbox), ``before_record``
+(before the signed ``reported`` record leaves) or ``before_delivery`` (before
+the outbox delivers). The member restarts ``for`` seconds later (never when
+``for`` is 0 or missing), with its outbox and stored records. Unlike the
+agent, the simulator groups member-down alarms only when ``timing`` sets
 ``group_wait``, so that each member down counts as one alarm by default.
 
 Members are selected by name (``m7``), by index range (``m0-m49``), by a
@@ -65,8 +72,21 @@ SCENARIO_KEYS = {
     "resolution",
     "wire_bytes",
 }
-EVENT_ACTIONS = ("crash", "restart", "partition", "heal", "starve", "slow", "leave")
+EVENT_ACTIONS = (
+    "crash",
+    "restart",
+    "partition",
+    "heal",
+    "starve",
+    "slow",
+    "leave",
+    "crash_reporter",
+)
 CRASH_MODES = ("silent", "refuse")
+# Points of a reporter's send path where a crash_reporter event strikes, in the
+# order the agent passes them: write the alarm to the outbox, send the signed
+# reported record, let the outbox deliver.
+SEND_PATH_POINTS = ("before_write", "before_record", "before_delivery")
 BOOTSTRAPS = ("converged", "join")
 WIRE_BYTES = ("exact", "uncompressed")
 # Keys of ``timing`` outside SwimConfig.
@@ -173,6 +193,9 @@ class FaultEvent:
     every: float = 0.0
     # slow: extra delay before the member handles each inbound message, seconds.
     delay: float = 0.0
+    # crash_reporter: the point of the send path, one of SEND_PATH_POINTS.
+    # Its duration is the time until the restart, 0 for none.
+    point: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,6 +294,8 @@ def _parse_event(index: int, raw: Any, names: list[str], rng: random.Random) -> 
 
     if action == "heal":
         return FaultEvent(at, "heal")
+    if action == "crash_reporter":
+        return _parse_reporter_crash(key, at, raw)
     if action == "partition":
         sides = value if isinstance(value, list) and value and isinstance(value[0], list) else [value]
         groups = tuple(select_members(f"{key}.partition", side, names, rng) for side in sides)
@@ -295,6 +320,20 @@ def _parse_event(index: int, raw: Any, names: list[str], rng: random.Random) -> 
     return FaultEvent(at, action, members)
 
 
+def _parse_reporter_crash(key: str, at: float, raw: Mapping[str, Any]) -> FaultEvent:
+    point = raw["crash_reporter"]
+    if point not in SEND_PATH_POINTS:
+        raise ConfigError(
+            f"{key}.crash_reporter: invalid value {point!r}, expected one of "
+            f"{', '.join(SEND_PATH_POINTS)}"
+        )
+    mode = raw.get("mode", "silent")
+    if mode not in CRASH_MODES:
+        raise ConfigError(f"{key}.mode: invalid value {mode!r}, expected silent or refuse")
+    restart_after = _number(f"{key}.for", raw.get("for", 0.0))
+    return FaultEvent(at, "crash_reporter", mode=mode, duration=restart_after, point=point)
+
+
 def _parse_swim(raw: Mapping[str, Any]) -> tuple[str, SwimConfig, dict[str, float]]:
     """Return the profile's name, its SwimConfig and its PROFILE_TIMING_KEYS values."""
     name = raw.get("profile", "lan")
@@ -306,7 +345,7 @@ def _parse_swim(raw: Mapping[str, Any]) -> tuple[str, SwimConfig, dict[str, floa
         raise ConfigError(f"timing: invalid value {timing!r}, expected a mapping")
     fields = {f.name: f.type for f in dataclasses.fields(SwimConfig)}
     changes: dict[str, Any] = {}
-    # Grouping is off unless set, unlike in the agent; see the module docstring.
+    # Grouping is off unless set, unlike in the agent (see the module docstring).
     profile_values = {
         "handoff_delay": profile.handoff_delay,
         "group_wait": 0.0,

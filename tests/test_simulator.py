@@ -158,6 +158,103 @@ def test_traffic_counted_per_type():
     assert report.bytes["ping"] > 64 * report.messages["ping"]
 
 
+# ----------------------------------------------------------------------
+# The reporter's send path
+# ----------------------------------------------------------------------
+
+
+def run_collecting(parsed):
+    simulation = Simulation(parsed)
+    trio.run(simulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
+    return simulation
+
+
+def reporter_crash(point, restart_after):
+    """Crash m3 at 10 s and its reporter at ``point``, restarting it after ``restart_after`` s."""
+    events = [
+        {"at": 10, "crash": ["m3"]},
+        {"at": 10, "crash_reporter": point, "for": restart_after},
+    ]
+    return run_collecting(scenario(members=6, duration=60, events=events))
+
+
+def victim_firing(simulation):
+    return sum(
+        n
+        for (incident, status), n in simulation.collector.deliveries.items()
+        if incident.startswith("member-down/m3@") and status == "firing"
+    )
+
+
+def test_before_write_crash_next_rank_delivers():
+    simulation = reporter_crash("before_write", 0)
+    [(_, crashed, point)] = simulation.collector.reporter_crashes
+    assert point == "before_write"
+    assert not simulation.members[crashed].up
+    assert victim_firing(simulation) == 1
+    reporters = [
+        reporter
+        for _, reporter, report in simulation.collector.reports
+        if report.incident.startswith("member-down/m3@") and report.status == "firing"
+    ]
+    assert reporters[0] == crashed
+    assert len(reporters) == 2
+    assert reporters[1] != crashed
+
+
+def test_before_record_crash_delivers_twice():
+    # The next rank reports because no record came, and the restarted
+    # member's outbox still delivers the alarm it held: two deliveries.
+    assert victim_firing(reporter_crash("before_record", 0)) == 1
+    simulation = reporter_crash("before_record", 20)
+    assert victim_firing(simulation) == 2
+    [(_, crashed, _)] = simulation.collector.reporter_crashes
+    assert simulation.members[crashed].up
+    assert simulation.members[crashed].outbox == []
+
+
+def test_before_delivery_crash_delivers_on_restart():
+    # The record left before the crash, so no other member reports. The alarm
+    # waits in the outbox until the restart.
+    stays_down = reporter_crash("before_delivery", 0)
+    [(_, crashed, _)] = stays_down.collector.reporter_crashes
+    assert victim_firing(stays_down) == 0
+    assert len(stays_down.members[crashed].outbox) == 1
+    assert stays_down.members[crashed].stored_records
+    restarted = reporter_crash("before_delivery", 20)
+    assert victim_firing(restarted) == 1
+
+
+def test_reports_recorded_with_reporter():
+    events = [{"at": 10, "crash": ["m2"]}, {"at": 40, "restart": ["m2"]}]
+    simulation = run_collecting(scenario(duration=80, events=events))
+    statuses = [report.status for _, _, report in simulation.collector.reports]
+    assert statuses == ["firing", "resolved"]
+    for at, reporter, report in simulation.collector.reports:
+        assert report.subject == "m2"
+        assert reporter != "m2"
+        assert 10 < at < 80
+        assert simulation.collector.deliveries[(report.incident, report.status)] == 1
+
+
+def test_group_wait_groups_members_down():
+    # On the lan profile the four deaths are declared over about 5 s: the
+    # wait must chain them.
+    events = [{"at": 10, "crash": ["m0", "m1", "m2", "m3"]}]
+    timing = {"group_wait": 5, "group_share": 0.3}
+    simulation = run_collecting(scenario(duration=40, timing=timing, events=events))
+    [(_, _, report)] = simulation.collector.reports
+    assert report.subject == "m0,m1,m2,m3"
+    assert len(report.members) == 4
+
+
+def test_grouping_off_by_default():
+    events = [{"at": 10, "crash": ["m0", "m1", "m2", "m3"]}]
+    simulation = run_collecting(scenario(duration=40, events=events))
+    subjects = sorted(report.subject for _, _, report in simulation.collector.reports)
+    assert subjects == ["m0", "m1", "m2", "m3"]
+
+
 @pytest.mark.parametrize(
     "message",
     [
@@ -205,6 +302,12 @@ def test_scenario_file_loaded(tmp_path):
         ({"timing": {"probe_timeout": 3}}, "timing: invalid probe_timeout 3.0"),
         ({"timing": {"speed": 3}}, "timing.speed: unknown key"),
         ({"events": [{"at": 1, "starve": "m1", "for": 5, "every": 4}]}, "events[0].every: 4.0"),
+        (
+            {"events": [{"at": 1, "crash_reporter": "later"}]},
+            "events[0].crash_reporter: invalid value 'later'",
+        ),
+        ({"timing": {"group_share": 0}}, "timing.group_share: invalid value 0"),
+        ({"timing": {"group_wait": -1}}, "timing.group_wait: invalid value -1"),
     ],
 )
 def test_scenario_invalid_value_named(raw, expected):

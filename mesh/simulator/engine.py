@@ -26,6 +26,14 @@ then its overdue timers (a process paused by the kernel or a long garbage
 collection); a slow member handles every inbound message late by a fixed delay
 while its timers run on time, as in the Lifeguard paper's experiments, so that
 acks and nacks reach its protocol after its own timeouts.
+
+A reporter sends an alarm as the agent does: it writes the alarm to its
+outbox, sends the signed ``reported`` record, then the outbox delivers. The
+three steps happen at the same simulated moment unless a ``crash_reporter``
+fault strikes between two of them. A crashed member keeps its outbox and the
+records it stored after its last report, as the agent keeps them in its data
+directory. On restart it loads those records and its outbox delivers what it
+contains.
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ import msgpack
 import trio
 import trio.testing
 
-from ..messages import Message, Sync, Update, _encode_item, encode_message
+from ..incidents import FIRING, Report
+from ..messages import Message, Reported, Sync, Update, _encode_item, encode_message
 from ..membership import State
 from ..node import Node
 from ..swim import Outbound
@@ -122,6 +131,8 @@ class SimMember:
         "impaired_until",
         "past_refutations",
         "max_health",
+        "outbox",
+        "stored_records",
     )
 
     def __init__(self, name: str, node: Node) -> None:
@@ -147,6 +158,12 @@ class SimMember:
         # Refutations and the highest health score of earlier lives and this one.
         self.past_refutations = 0
         self.max_health = 0
+        # Alarms written to the outbox and not delivered yet, as (incident,
+        # status); kept across a crash like the agent's outbox directory.
+        self.outbox: list[tuple[str, str]] = []
+        # Reported records as of the member's last report, loaded again on
+        # restart like the agent's record store.
+        self.stored_records: tuple[Reported, ...] = ()
 
 
 class Simulation:
@@ -172,6 +189,9 @@ class Simulation:
         # Packed bytes of each distinct update seen in a table, by its fields.
         self._packed_updates: dict[tuple, bytes] = {}
         self.members: dict[str, SimMember] = {}
+        # crash_reporter faults whose time has come, waiting for a firing
+        # alarm, oldest first.
+        self._armed_reporter_crashes: list[FaultEvent] = []
         self.collector = Collector(self)
         names = scenario.names
         _, max_timeout = suspicion_bounds(
@@ -225,6 +245,8 @@ class Simulation:
             address=name,
             swim_config=scenario.swim,
             handoff_delay=scenario.handoff_delay,
+            group_wait=scenario.group_wait,
+            group_share=scenario.group_share,
             sign=lambda data: _SIGNATURE,
             verify=lambda member, data, signature: True,
             now=now,
@@ -377,12 +399,44 @@ class Simulation:
         for event in events.members:
             self.collector.on_member_event(member.name, event, now)
         for report in node.drain_reports():
-            self.collector.on_report(report.incident, report.status)
-            self._send(member, node.confirm_report(report, now))
+            if not self._send_report(member, report, now):
+                # The crash lost the reports still queued in memory.
+                return
         score = node.swim.awareness.score
         if score > member.max_health:
             member.max_health = score
         self._schedule_timer(member)
+
+    def _send_report(self, member: SimMember, report: Report, now: float) -> bool:
+        """Send ``report`` along the agent's send path; return False if it crashed."""
+        node = member.node
+        collector = self.collector
+        collector.on_report(now, member.name, report)
+        crash = None
+        if self._armed_reporter_crashes and report.status == FIRING:
+            crash = self._armed_reporter_crashes.pop(0)
+        if crash is not None and crash.point == "before_write":
+            self._crash_reporter(member, crash, now)
+            return False
+        key = (report.incident, report.status)
+        member.outbox.append(key)
+        if crash is not None and crash.point == "before_record":
+            self._crash_reporter(member, crash, now)
+            return False
+        self._send(member, node.confirm_report(report, now))
+        member.stored_records = node.incidents.records()
+        if crash is not None and crash.point == "before_delivery":
+            self._crash_reporter(member, crash, now)
+            return False
+        member.outbox.remove(key)
+        collector.on_delivery(key)
+        return True
+
+    def _crash_reporter(self, member: SimMember, event: FaultEvent, now: float) -> None:
+        self.collector.on_reporter_crash(member.name, event.point, now)
+        self._crash((member.name,), event.mode, now)
+        if event.duration:
+            self._fault_at(now + event.duration, lambda at: self._restart((member.name,), at))
 
     # ------------------------------------------------------------------
     # Faults
@@ -400,6 +454,9 @@ class Simulation:
                 self._fault_at(event.at, lambda now: self._partition(event))
             case "heal":
                 self._fault_at(event.at, self._heal)
+            case "crash_reporter":
+                arm = self._armed_reporter_crashes.append
+                self._fault_at(event.at, lambda now: arm(event))
             case "starve":
                 start = event.at
                 while start <= self.scenario.duration:
@@ -450,9 +507,13 @@ class Simulation:
             seeds = rng.sample(others, min(REJOIN_SEEDS, len(others)))
             member.generation += 1
             member.node = self._new_node(name, seeds, now, member.generation)
+            member.node.restore_records(member.stored_records, now)
             member.up = True
             member.timer_tick = None
             self.collector.on_restart(name, now)
+            outbox, member.outbox = member.outbox, []
+            for key in outbox:
+                self.collector.on_delivery(key)
             self._join(member, now)
 
     def _partition(self, event: FaultEvent) -> None:

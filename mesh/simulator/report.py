@@ -7,7 +7,10 @@
 * Traffic: messages and frame bytes per member per second, by message type.
 * Convergence: time from a partition's heal until every member that is up
   holds every other one alive again.
-* Alarms: firing and resolved reports, and duplicates of one incident.
+* Alarms: firing and resolved alarms delivered by outboxes, and duplicates of
+  one incident. The collector also keeps every report with its time and
+  reporter, and the deliveries of each (incident, status), for callers that
+  check the reporting protocol itself.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import statistics
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from ..incidents import Report
 from ..membership import State
 from ..swim import MemberEvent
 
@@ -140,8 +144,16 @@ class Collector:
         self.messages: Counter = Counter()
         self.bytes: Counter = Counter()
         self.dropped = 0
+        # Alarms delivered, by status.
         self.alarms: Counter = Counter()
-        self._alarms_by_incident: Counter = Counter()
+        # Every report a member decided to send, as (time, reporter, report),
+        # whether or not its alarm was delivered.
+        self.reports: list[tuple[float, str, Report]] = []
+        # Alarms delivered, by (incident, status). A grouped alarm counts under
+        # the group's id, not under the incidents it groups.
+        self.deliveries: Counter = Counter()
+        # crash_reporter faults that struck, as (time, reporter, point).
+        self.reporter_crashes: list[tuple[float, str, str]] = []
         # Convergence: for each member that is up, how many other members
         # that are up it holds alive; converged when every count is full.
         self._alive_views: dict[str, int] = {}
@@ -157,9 +169,16 @@ class Collector:
         if dropped:
             self.dropped += 1
 
-    def on_report(self, incident: str, status: str) -> None:
-        self.alarms[status] += 1
-        self._alarms_by_incident[(incident, status)] += 1
+    def on_report(self, now: float, reporter: str, report: Report) -> None:
+        self.reports.append((now, reporter, report))
+
+    def on_delivery(self, key: tuple[str, str]) -> None:
+        """Count one alarm delivered, ``key`` being its (incident, status)."""
+        self.alarms[key[1]] += 1
+        self.deliveries[key] += 1
+
+    def on_reporter_crash(self, reporter: str, point: str, now: float) -> None:
+        self.reporter_crashes.append((now, reporter, point))
 
     # ------------------------------------------------------------------
     # Membership views
@@ -314,7 +333,7 @@ class Collector:
             swim = member.node.swim
             refutations += swim.refutations + member.past_refutations
             max_health = max(max_health, member.max_health)
-        duplicates = sum(n - 1 for n in self._alarms_by_incident.values() if n > 1)
+        duplicates = sum(n - 1 for n in self.deliveries.values() if n > 1)
         return SimulationReport(
             members=scenario.members,
             duration=scenario.duration,

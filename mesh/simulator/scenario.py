@@ -7,6 +7,7 @@ A scenario file looks like this (every key but ``members`` is optional)::
     seed: 1                 # the same seed gives the same run
     profile: lan            # timing profile, as in the agent's configuration
     timing: {probe_interval: 1.0}   # profile overrides, as in the agent's
+                            # (also handoff_delay, group_wait, group_share)
     bootstrap: converged    # or "join": every member joins through m0
     network:
       loss: 0.1             # share of messages dropped, each independently
@@ -19,6 +20,16 @@ A scenario file looks like this (every key but ``members`` is optional)::
       - {at: 30, starve: [m1, m2, m3], for: 5, every: 30}
       - {at: 100, slow: [m9], for: 60, delay: 0.8}
       - {at: 300, leave: [m12]}
+      - {at: 400, crash_reporter: before_record, for: 30}
+
+A ``crash_reporter`` event crashes the member that sends the first firing
+alarm reported at or after ``at``, at one point of its send path:
+``before_write`` (before the alarm is in its outbox), ``before_record``
+(before the signed ``reported`` record leaves) or ``before_delivery`` (before
+the outbox delivers). The member restarts ``for`` seconds later (never when
+``for`` is 0 or missing), with its outbox and stored records. Unlike the
+agent, the simulator groups member-down alarms only when ``timing`` sets
+``group_wait``, so that each member down counts as one alarm by default.
 
 Members are selected by name (``m7``), by index range (``m0-m49``), by a
 seeded random choice (``random:3``) or as ``all``. Latency distributions are
@@ -61,12 +72,25 @@ SCENARIO_KEYS = {
     "resolution",
     "wire_bytes",
 }
-EVENT_ACTIONS = ("crash", "restart", "partition", "heal", "starve", "slow", "leave")
+EVENT_ACTIONS = (
+    "crash",
+    "restart",
+    "partition",
+    "heal",
+    "starve",
+    "slow",
+    "leave",
+    "crash_reporter",
+)
 CRASH_MODES = ("silent", "refuse")
+# Points of a reporter's send path where a crash_reporter event strikes, in the
+# order the agent passes them: write the alarm to the outbox, send the signed
+# reported record, let the outbox deliver.
+SEND_PATH_POINTS = ("before_write", "before_record", "before_delivery")
 BOOTSTRAPS = ("converged", "join")
 WIRE_BYTES = ("exact", "uncompressed")
 # Keys of ``timing`` outside SwimConfig.
-PROFILE_TIMING_KEYS = ("handoff_delay",)
+PROFILE_TIMING_KEYS = ("handoff_delay", "group_wait", "group_share")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,6 +193,9 @@ class FaultEvent:
     every: float = 0.0
     # slow: extra delay before the member handles each inbound message, seconds.
     delay: float = 0.0
+    # crash_reporter: the point of the send path, one of SEND_PATH_POINTS.
+    # Its duration is the time until the restart, 0 for none.
+    point: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +206,11 @@ class Scenario:
     profile: str
     swim: SwimConfig
     handoff_delay: float
+    # Node's grouping of member-down alarms: the wait for other members going
+    # down, seconds (0 turns grouping off), and the share of the mesh that
+    # must go down together to be reported as one alarm.
+    group_wait: float
+    group_share: float
     bootstrap: str
     loss: float
     latency: Latency
@@ -262,6 +294,8 @@ def _parse_event(index: int, raw: Any, names: list[str], rng: random.Random) -> 
 
     if action == "heal":
         return FaultEvent(at, "heal")
+    if action == "crash_reporter":
+        return _parse_reporter_crash(key, at, raw)
     if action == "partition":
         sides = value if isinstance(value, list) and value and isinstance(value[0], list) else [value]
         groups = tuple(select_members(f"{key}.partition", side, names, rng) for side in sides)
@@ -286,7 +320,22 @@ def _parse_event(index: int, raw: Any, names: list[str], rng: random.Random) -> 
     return FaultEvent(at, action, members)
 
 
-def _parse_swim(raw: Mapping[str, Any]) -> tuple[str, SwimConfig, float]:
+def _parse_reporter_crash(key: str, at: float, raw: Mapping[str, Any]) -> FaultEvent:
+    point = raw["crash_reporter"]
+    if point not in SEND_PATH_POINTS:
+        raise ConfigError(
+            f"{key}.crash_reporter: invalid value {point!r}, expected one of "
+            f"{', '.join(SEND_PATH_POINTS)}"
+        )
+    mode = raw.get("mode", "silent")
+    if mode not in CRASH_MODES:
+        raise ConfigError(f"{key}.mode: invalid value {mode!r}, expected silent or refuse")
+    restart_after = _number(f"{key}.for", raw.get("for", 0.0))
+    return FaultEvent(at, "crash_reporter", mode=mode, duration=restart_after, point=point)
+
+
+def _parse_swim(raw: Mapping[str, Any]) -> tuple[str, SwimConfig, dict[str, float]]:
+    """Return the profile's name, its SwimConfig and its PROFILE_TIMING_KEYS values."""
     name = raw.get("profile", "lan")
     if name not in PROFILES:
         raise ConfigError(f"profile: invalid value {name!r}, expected one of {', '.join(PROFILES)}")
@@ -296,10 +345,23 @@ def _parse_swim(raw: Mapping[str, Any]) -> tuple[str, SwimConfig, float]:
         raise ConfigError(f"timing: invalid value {timing!r}, expected a mapping")
     fields = {f.name: f.type for f in dataclasses.fields(SwimConfig)}
     changes: dict[str, Any] = {}
-    handoff_delay = profile.handoff_delay
+    # Grouping is off unless set, unlike in the agent (see the module docstring).
+    profile_values = {
+        "handoff_delay": profile.handoff_delay,
+        "group_wait": 0.0,
+        "group_share": 1.0,
+    }
     for key, value in timing.items():
-        if key in PROFILE_TIMING_KEYS:
-            handoff_delay = _number(f"timing.{key}", value)
+        if key == "group_share":
+            valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not valid or not 0 < value <= 1:
+                raise ConfigError(
+                    f"timing.group_share: invalid value {value!r}, expected a share "
+                    "of the mesh above 0 and at most 1"
+                )
+            profile_values[key] = float(value)
+        elif key in PROFILE_TIMING_KEYS:
+            profile_values[key] = _number(f"timing.{key}", value)
         elif key in fields:
             integer = fields[key] in (int, "int")
             changes[key] = _number(f"timing.{key}", value, integer=integer)
@@ -310,7 +372,7 @@ def _parse_swim(raw: Mapping[str, Any]) -> tuple[str, SwimConfig, float]:
         swim = dataclasses.replace(profile.swim, **changes)
     except ValueError as exc:
         raise ConfigError(f"timing: {exc}") from None
-    return name, swim, handoff_delay
+    return name, swim, profile_values
 
 
 def parse_scenario(raw: Any, extra_events: Sequence[Mapping[str, Any]] = ()) -> Scenario:
@@ -332,7 +394,7 @@ def parse_scenario(raw: Any, extra_events: Sequence[Mapping[str, Any]] = ()) -> 
     duration = _number("duration", raw.get("duration", 600.0), minimum=1.0)
     seed = _number("seed", raw.get("seed", 1), integer=True)
     resolution = _number("resolution", raw.get("resolution", 0.001), minimum=1e-6)
-    profile, swim, handoff_delay = _parse_swim(raw)
+    profile, swim, profile_values = _parse_swim(raw)
 
     bootstrap = raw.get("bootstrap", "converged")
     if bootstrap not in BOOTSTRAPS:
@@ -364,7 +426,9 @@ def parse_scenario(raw: Any, extra_events: Sequence[Mapping[str, Any]] = ()) -> 
         seed=seed,
         profile=profile,
         swim=swim,
-        handoff_delay=handoff_delay,
+        handoff_delay=profile_values["handoff_delay"],
+        group_wait=profile_values["group_wait"],
+        group_share=profile_values["group_share"],
         bootstrap=bootstrap,
         loss=loss,
         latency=latency,

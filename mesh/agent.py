@@ -584,7 +584,7 @@ class Agent:
             decision.route.name,
             ",".join(decision.receivers) or "-",
         )
-        self._dispatch(self.node.confirm_report(report, signed.alarm.sent_at))
+        self._dispatch(self.node.confirm_report(report, signed.alarm.sent_at, trio.current_time()))
         self._save_records()
 
     async def _probe_cluster_endpoint(self, report: Report) -> bool | None:

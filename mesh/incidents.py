@@ -91,6 +91,8 @@ class Incident:
     # Whether this member's lone report was postponed for a group; see
     # Incidents._yield_to_group.
     yielded: bool = False
+    # For a group: the member-down incidents it stands for.
+    members: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
@@ -130,6 +132,16 @@ class IncidentLog:
 
 def member_incident_id(name: str, incarnation: int) -> str:
     return f"member-down/{name}@{incarnation}"
+
+
+# Incident ids of grouped member-down alarms: members-down/<a>,<b>,...@<incarnation>.
+GROUP_PREFIX = "members-down/"
+
+
+def group_subjects(group_id: str) -> list[str]:
+    """Return the member names a group's incident id lists."""
+    names = group_id.removeprefix(GROUP_PREFIX).rpartition("@")[0]
+    return names.split(",")
 
 
 class Incidents:
@@ -288,6 +300,10 @@ class Incidents:
             if incident is not None:
                 eligible = [n for n in active if n != event.name]
                 incident.left = event.new is State.LEFT
+                group = self._reported_group_of(incident)
+                if group is not None:
+                    self._resolve_group_member(group, incident, now)
+                    return
                 # Every member ranks the same active set, even the members of
                 # a healed partition's other side, which never had this
                 # incident open: when one of them ranks first, the next rank
@@ -305,7 +321,71 @@ class Incidents:
             return False
         self._records[key] = record
         self._record_times[key] = now
+        if record.status == FIRING and record.incident.startswith(GROUP_PREFIX):
+            self._learn_group(record.incident, now)
         return True
+
+    # ------------------------------------------------------------------
+    # Resolving groups
+    # ------------------------------------------------------------------
+
+    def _learn_group(self, group_id: str, now: float) -> None:
+        """Keep a group another member reported, to resolve it as one alarm."""
+        if group_id in self._incidents:
+            return
+        subjects = group_subjects(group_id)
+        parts = [
+            i for i in self._incidents.values()
+            if i.kind is Kind.MEMBER_DOWN and i.subject in subjects
+        ]
+        observers = sorted({o for i in parts for o in i.observers} - set(subjects))
+        started = min((i.started for i in parts), default=now)
+        self._incidents[group_id] = Incident(
+            group_id, Kind.GROUP, ",".join(subjects), tuple(observers), started
+        )
+
+    def _reported_group_of(self, incident: Incident) -> Incident | None:
+        """Return the open, reported group that ``incident``'s subject was paged in."""
+        for group in self._incidents.values():
+            if (
+                group.kind is Kind.GROUP
+                and group.ended is None
+                and incident.subject in group.subject.split(",")
+                and self.is_reported(group.id, FIRING)
+                and self.is_reported(incident.id, FIRING)
+            ):
+                return group
+        return None
+
+    def _resolve_group_member(self, group: Incident, incident: Incident, now: float) -> None:
+        """End a grouped member's incident; resolve the group once all are back.
+
+        The page was one alarm for the whole group, so its resolution is one
+        alarm too, sent when no member of the group is still down. Its reporter
+        signs a resolved record for each member's incident as well, so members
+        that never learned of the group do not resolve them one by one.
+        """
+        incident.ended = now
+        incident.due.pop(FIRING, None)
+        if incident.id not in group.members:
+            group.members = (*group.members, incident.id)
+        subjects = group.subject.split(",")
+        if any(self.find_open(Kind.MEMBER_DOWN, name) is not None for name in subjects):
+            return
+        # A member that learned of the group from its record may not have had
+        # every part open; the parts' firing records name them all.
+        prefixes = tuple(f"member-down/{name}@" for name in subjects)
+        parts = {
+            incident_id
+            for incident_id, status in self._records
+            if status == FIRING
+            and incident_id.startswith(prefixes)
+            and not self.is_reported(incident_id, RESOLVED)
+        }
+        group.members = tuple(sorted(parts | set(group.members)))
+        eligible = [n for n in self._active if n not in subjects]
+        detail = f"{len(subjects)} members are back: {', '.join(subjects)}"
+        self.resolve(group, eligible, now, detail=detail, start=now + self.group_wait)
 
     # ------------------------------------------------------------------
     # Turns
@@ -319,7 +399,7 @@ class Incidents:
                 if due > now or status not in incident.due:
                     continue
                 del incident.due[status]
-                if incident.kind is Kind.MEMBER_DOWN:
+                if incident.kind in (Kind.MEMBER_DOWN, Kind.GROUP):
                     current = self._current_rank(incident)
                     if current is None:
                         continue
@@ -361,7 +441,7 @@ class Incidents:
         ahead is dead, and less than one hand-off delay otherwise, so ranks
         keep their order.
         """
-        return self._rank(incident.id, {incident.subject})
+        return self._rank(incident.id, set(incident.subject.split(",")))
 
     def _rank(self, key: str, excluded: set[str]) -> tuple[int, float] | None:
         """Rank this member for ``key`` over the active members not ``excluded``."""
@@ -396,6 +476,7 @@ class Incidents:
             rank,
             incident.detail,
             incident.left,
+            members=incident.members,
         )
 
     def _group_candidates(self, incident: Incident) -> list[Incident]:
@@ -500,7 +581,7 @@ class Incidents:
     def _group_id(self, members: list[Incident]) -> str:
         subjects = sorted(m.subject for m in members)
         first = min(members, key=lambda m: (m.started, m.id))
-        return f"members-down/{','.join(subjects)}@{first.id.rpartition('@')[2]}"
+        return f"{GROUP_PREFIX}{','.join(subjects)}@{first.id.rpartition('@')[2]}"
 
     def _groups(self, incident: Incident) -> bool:
         down = len(self._group_candidates(incident))
@@ -518,21 +599,21 @@ class Incidents:
             member.due.pop(FIRING, None)
             self._log.append(IncidentLog(member.id, FIRING, Decision.GROUPED, rank))
         subjects = [m.subject for m in members]
-        group_id = self._group_id(members)
-        observers = sorted({o for m in members for o in m.observers} - set(subjects))
-        return Report(
-            group_id,
+        group = Incident(
+            self._group_id(members),
             Kind.GROUP,
-            FIRING,
             ",".join(subjects),
-            tuple(observers),
+            tuple(sorted({o for m in members for o in m.observers} - set(subjects))),
             min(m.started for m in members),
-            None,
-            rank,
-            f"{len(subjects)} of {self._mesh_size + len(subjects)} members went down "
-            f"together: {', '.join(subjects)}",
+            detail=(
+                f"{len(subjects)} of {self._mesh_size + len(subjects)} members went down "
+                f"together: {', '.join(subjects)}"
+            ),
             members=tuple(m.id for m in members),
         )
+        # Kept so that the group resolves as one alarm; see _resolve_group_member.
+        self._incidents.setdefault(group.id, group)
+        return self._report(group, FIRING, rank)
 
     def expire(self, now: float) -> None:
         """Forget resolved incidents and records older than the retention."""

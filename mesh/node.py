@@ -28,6 +28,10 @@ __all__ = ["Node", "NodeEvents", "CheckSpec"]
 # Members beyond the reporter that receive its record directly, not only by
 # gossip: the next ranks are the ones that would otherwise report again.
 DIRECT_RECORD_FANOUT = 8
+# The direct records are sent again after this share of a hand-off delay. A
+# lost record means a second page, and a second send, well before the next
+# rank's turn, makes losing both unlikely (the square of the loss rate).
+RECORD_RESEND_SHARE = 0.25
 
 
 class CheckSpec(Protocol):
@@ -100,6 +104,8 @@ class Node:
         self._wall_offset: float | None = None
         # Reports whose turn came, waiting for the runtime to send them.
         self._reports: list[Report] = []
+        # Direct record sends to repeat: (monotonic time, outbound messages).
+        self._record_resends: list[tuple[float, list[Outbound]]] = []
         self._member_events: list[MemberEvent] = []
         self._bad_records: list[str] = []
 
@@ -122,10 +128,14 @@ class Node:
         out = self.swim.tick(now)
         self.incidents.expire(now)
         self._after(now)
-        return [self._with_state(o) for o in out]
+        out = [self._with_state(o) for o in out]
+        while self._record_resends and self._record_resends[0][0] <= now:
+            out += self._record_resends.pop(0)[1]
+        return out
 
     def next_deadline(self) -> float:
-        return min(self.swim.next_deadline(), self.incidents.next_deadline())
+        resend = self._record_resends[0][0] if self._record_resends else float("inf")
+        return min(self.swim.next_deadline(), self.incidents.next_deadline(), resend)
 
     def delivery_failed(self, outbound: Outbound, now: float) -> list[Outbound]:
         """Tell the core that ``outbound`` was refused or answered with an error."""
@@ -148,13 +158,15 @@ class Node:
     # Reporting
     # ------------------------------------------------------------------
 
-    def confirm_report(self, report: Report, reported_at: float) -> list[Outbound]:
+    def confirm_report(self, report: Report, reported_at: float, now: float) -> list[Outbound]:
         """Record that this member sent ``report`` and tell the next ranks.
 
-        Call it once the alarm is durably queued for delivery. The signed record
-        is gossiped to everyone and also sent directly to the members most
-        likely to report next, so the hand-off need not wait for gossip. A
-        grouped report yields one record per incident it stands for.
+        Call it once the alarm is durably queued for delivery; ``reported_at``
+        is the wall clock for the record, ``now`` the monotonic time. The
+        signed record is gossiped to everyone and also sent directly to the
+        members most likely to report next, twice (see RECORD_RESEND_SHARE),
+        so the hand-off need not wait for gossip. A grouped report yields one
+        record per incident it stands for.
         """
         records = []
         for incident in (report.incident, *report.members):
@@ -173,10 +185,14 @@ class Node:
             if m.name != self.name and m.state is not State.LEFT
         ]
         targets = rank_members(report.incident, others)[:DIRECT_RECORD_FANOUT]
-        return [
+        direct = [
             Outbound(self.swim.members[n].address, n, Gossip(tuple(records)))
             for n in targets
         ]
+        resend_at = now + RECORD_RESEND_SHARE * self.incidents.handoff_delay
+        self._record_resends.append((resend_at, direct))
+        self._record_resends.sort(key=lambda entry: entry[0])
+        return direct
 
     def restore_records(self, records: Iterable[Reported], now: float) -> None:
         """Load records persisted before a restart, so nothing is reported twice."""

@@ -100,7 +100,7 @@ class MemoryMesh:
         node = self.nodes[name]
         for report in node.drain_reports():
             self.reports.append((self.now, name, report))
-            self._send(name, node.confirm_report(report, self.now))
+            self._send(name, node.confirm_report(report, self.now, self.now))
 
     def run_until(self, until):
         while True:

@@ -57,3 +57,25 @@ def test_rank_one_takes_over_when_rank_zero_also_dies():
     assert len(firing_e) == 1
     assert firing_e[0][1] != first
     assert firing_e[0][2].rank >= 1
+
+
+def test_confirmed_record_is_sent_again_before_next_rank():
+    from mesh.incidents import Kind, Report
+    from mesh.messages import Gossip
+    from mesh.node import RECORD_RESEND_SHARE
+
+    mesh = MemoryMesh(["a", "b", "c"])
+    mesh.run_until(5)
+    node = mesh.nodes["a"]
+    report = Report("member-down/c@0", Kind.MEMBER_DOWN, "firing", "c", ("a", "b"), 5.0, None, 0)
+    direct = node.confirm_report(report, 1000.0, 5.0)
+    assert sorted(o.target for o in direct) == ["b", "c"]
+    assert all(isinstance(o.message, Gossip) for o in direct)
+
+    resend_at = 5.0 + RECORD_RESEND_SHARE * node.incidents.handoff_delay
+    assert node.next_deadline() <= resend_at
+    # The very same messages, not gossip that happens to carry the record.
+    again = [o for o in node.tick(resend_at) if any(o is d for d in direct)]
+    assert len(again) == len(direct)
+    later = [o for o in node.tick(resend_at + 10) if any(o is d for d in direct)]
+    assert later == []

@@ -156,6 +156,9 @@ def test_partition_each_side_reports_other_side_once_then_resolves():
     mesh.run_until(150)
     for name in names:
         assert set(mesh.states(name).values()) == {"alive"}
+    # Each group resolves as one alarm, standing for its members' incidents.
     resolved = reports(mesh, "resolved")
-    assert sorted(r.subject for r in resolved) == names
+    assert sorted(r.subject for r in resolved) == ["m0,m1,m2", "m3,m4,m5"]
+    assert all(r.kind.value == "group" for r in resolved)
+    assert sorted(i for r in resolved for i in r.members) == [f"member-down/{n}@0" for n in names]
     assert len(reports(mesh, "firing")) == 2

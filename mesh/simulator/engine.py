@@ -423,7 +423,7 @@ class Simulation:
         if crash is not None and crash.point == "before_record":
             self._crash_reporter(member, crash, now)
             return False
-        self._send(member, node.confirm_report(report, now))
+        self._send(member, node.confirm_report(report, now, now))
         member.stored_records = node.incidents.records()
         if crash is not None and crash.point == "before_delivery":
             self._crash_reporter(member, crash, now)

@@ -93,6 +93,8 @@ class Incident:
     yielded: bool = False
     # For a group: the member-down incidents it stands for.
     members: tuple[str, ...] = ()
+    # Statuses whose turn was spread out after this member's rank dropped.
+    spread: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def status(self) -> str:
@@ -292,9 +294,20 @@ class Incidents:
         if event.new is State.DEAD and was_active:
             eligible = [n for n in active if n != event.name]
             incident_id = member_incident_id(event.name, event.incarnation)
-            self.open(
-                incident_id, Kind.MEMBER_DOWN, event.name, eligible, now, hold=self.group_wait
+            # Turns count from the death's moment as the mesh dates it, not
+            # from when this member heard of it, so members agree on them.
+            since = now if event.since is None else min(event.since, now)
+            incident = self.open(
+                incident_id,
+                Kind.MEMBER_DOWN,
+                event.name,
+                eligible,
+                now,
+                hold=self.group_wait,
+                start=since,
             )
+            if incident is not None:
+                incident.started = since
         elif event.old is State.DEAD and event.new in (State.ALIVE, State.LEFT):
             incident = self.find_open(Kind.MEMBER_DOWN, event.name)
             if incident is not None:
@@ -313,6 +326,19 @@ class Incidents:
                 # The turns start after group_wait, while the members coming
                 # back settle in every member's view.
                 self.resolve(incident, eligible, now, start=now + self.group_wait)
+
+    def date_back(self, name: str, incarnation: int, since: float) -> None:
+        """Move a member-down incident earlier: another member held the death longer."""
+        incident = self._incidents.get(member_incident_id(name, incarnation))
+        if incident is None or incident.ended is not None or since >= incident.started:
+            return
+        shift = incident.started - since
+        incident.started = since
+        if FIRING in incident.starts:
+            incident.starts[FIRING] -= shift
+        if FIRING in incident.due:
+            due, rank = incident.due[FIRING]
+            incident.due[FIRING] = (due - shift, rank)
 
     def on_record(self, record: Reported, now: float) -> bool:
         """Store a verified record; return whether it was new."""
@@ -403,10 +429,19 @@ class Incidents:
                     current = self._current_rank(incident)
                     if current is None:
                         continue
+                    scheduled_rank = rank
                     rank, offset = current
                     due = incident.starts[status] + rank * self.handoff_delay + offset
                     if due > now:
                         incident.due[status] = (due, rank)
+                        continue
+                    if rank < scheduled_rank and status not in incident.spread:
+                        # Members ranked ahead died since this turn was set, so
+                        # every member whose rank dropped is due now at once.
+                        # Half their tie-break offsets spreads them, and keeps
+                        # them clear of the next rank's turn.
+                        incident.spread.add(status)
+                        incident.due[status] = (now + offset / 2, rank)
                         continue
                 decision = self._decide(incident, status)
                 if decision is Decision.REPORT_NOW and self._groupable(incident, status):

@@ -65,6 +65,11 @@ class Update:
     # count independent suspicions of one member (Lifeguard's confirmations);
     # empty otherwise. Sent only when set.
     source: str = ""
+    # For a death, seconds since the sender holds the member dead, as of the
+    # moment the message was built. Receivers date the death back by it, so
+    # that every member counts reporter turns from the same moment without
+    # comparing clocks. Sent in milliseconds, only when set.
+    age: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,7 +157,10 @@ Message = Union[Ping, Ack, PingReq, Nack, Gossip, Sync]
 def _encode_item(item: Update | Reported) -> list[Any]:
     if isinstance(item, Update):
         fields = [_ItemType.UPDATE, item.name, item.address, item.incarnation, item.state.value]
-        if item.source:
+        age_ms = round(item.age * 1000)
+        if age_ms > 0:
+            fields += [item.source, age_ms]
+        elif item.source:
             fields.append(item.source)
         return fields
     if isinstance(item, Observed):
@@ -177,13 +185,17 @@ def _encode_item(item: Update | Reported) -> list[Any]:
 def _decode_item(raw: Any) -> Update | Reported:
     kind = raw[0]
     if kind == _ItemType.UPDATE:
-        if len(raw) == 6:
+        age = 0.0
+        if len(raw) == 7:
+            _, name, address, incarnation, state, source, age_ms = raw
+            source, age = _text(source), _count(age_ms) / 1000
+        elif len(raw) == 6:
             _, name, address, incarnation, state, source = raw
             source = _text(source)
         else:
             _, name, address, incarnation, state = raw
             source = ""
-        return Update(_text(name), _text(address), _count(incarnation), State(state), source)
+        return Update(_text(name), _text(address), _count(incarnation), State(state), source, age)
     if kind == _ItemType.REPORTED:
         _, incident, status, reporter, reported_at, signature = raw
         if not isinstance(signature, bytes):

@@ -366,6 +366,9 @@ class Node:
             if self.incidents.on_record(item, now):
                 self.swim.broadcast(item)
 
+        for name, incarnation, since in self.swim.drain_dated_back():
+            self.incidents.date_back(name, incarnation, since)
+
         events = self.swim.drain_events()
         if events:
             # Sorting the members costs O(N log N): only pay it on a change.

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from typing import Any
 from collections.abc import Iterable
 
 from .awareness import Awareness
@@ -70,6 +71,10 @@ __all__ = [
     "ProbeResult",
     "push_pull_interval",
 ]
+
+# A death heard of as this many seconds older than held moves earlier; less is
+# delivery delay, not a missed declaration.
+DATE_BACK_MIN = 0.05
 
 # Push-pull keeps its base interval up to this many members and then slows down
 # with log2 N (memberlist's pushPullScaleThreshold), so that the bytes each
@@ -180,6 +185,9 @@ class MemberEvent:
     # True when this agent raised the change itself (its own probe or timeout)
     # rather than learning it from another member.
     local: bool
+    # Monotonic time the new state began: for a death, dated back by the age
+    # the update carried, so every member holds about the same moment.
+    since: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -263,6 +271,12 @@ class Swim:
         # Members declared dead (not left) within gossip_to_the_dead_time, with
         # the time each was declared dead; older ones are pruned by _gossip.
         self._recently_dead: dict[str, float] = {}
+        # Members held dead now, whose updates carry an age when sent.
+        self._dead: set[str] = set()
+        # Deaths moved earlier by news from a member that held them longer.
+        self._dated_back: list[tuple[str, int, float]] = []
+        # The time of the call being handled, for the ages of deaths sent.
+        self._now = now
         # Sequence numbers of pings, ping-reqs and forwarded pings.
         self._seq = 0
         # Round-robin order of probe targets; reshuffled after each pass.
@@ -398,8 +412,19 @@ class Swim:
         # their deaths is spent on pings to the dead.
         member = self.members.get(receiver) if receiver is not None else None
         if member is not None and member.state is not State.ALIVE:
-            return self._queue.peek(self.config.max_piggyback)
-        return self._queue.take(self.config.max_piggyback, len(self.members))
+            items = self._queue.peek(self.config.max_piggyback)
+        else:
+            items = self._queue.take(self.config.max_piggyback, len(self.members))
+        return tuple(self._aged(item) for item in items)
+
+    def _aged(self, item: Any) -> Any:
+        """Return ``item`` with the current age of a death it announces."""
+        if not isinstance(item, Update) or item.state is not State.DEAD:
+            return item
+        member = self.members.get(item.name)
+        if member is None or member.state is not State.DEAD or member.incarnation != item.incarnation:
+            return item
+        return dataclasses.replace(item, age=max(0.0, self._now - member.since))
 
     def _to(self, name: str, message: Message, *, reply: bool = False) -> Outbound:
         return Outbound(self.members[name].address, name, message, reply)
@@ -426,7 +451,11 @@ class Swim:
     def sync_message(
         self, records: tuple[Reported, ...], *, reply: bool, receiver: str | None = None
     ) -> Sync:
-        return Sync(self._full_state(), records, reply, self._piggyback(receiver))
+        table = self._full_state()
+        if self._dead:
+            # Deaths are few; their ages change with time, so they are not cached.
+            table = tuple(self._aged(update) for update in table)
+        return Sync(table, records, reply, self._piggyback(receiver))
 
     def join(self, now: float, records: tuple[Reported, ...] = ()) -> list[Outbound]:
         """Return a push-pull sync to every seed; answers merge their tables.
@@ -511,6 +540,7 @@ class Swim:
 
     def handle(self, sender: str, message: Message, now: float) -> list[Outbound]:
         """Apply an inbound message from member ``sender`` (already verified)."""
+        self._now = now
         stale = self._apply_all(sender, message.piggyback, now)
         match message:
             case Ping():
@@ -697,6 +727,8 @@ class Swim:
         known = self.members.get(update.name)
         held = None if known is None else (known.state, known.incarnation)
         decision = merge_decision(held, update.state, update.incarnation)
+        if known is not None and held == (State.DEAD, update.incarnation):
+            self._date_back(known, update, now)
         if decision is Merge.ADD:
             self._add(update, now)
             self._events.append(
@@ -718,14 +750,17 @@ class Swim:
         if update.state is State.ALIVE:
             known.address = update.address
         if update.state is not old:
-            known.state, known.since = update.state, now
+            since = now - update.age if update.state is State.DEAD else now
+            known.state, known.since = update.state, since
             self._set_active(update.name, update.state in _ACTIVE_STATES)
             if update.state is State.DEAD:
                 self._recently_dead[update.name] = now
+                self._dead.add(update.name)
             else:
                 self._recently_dead.pop(update.name, None)
+                self._dead.discard(update.name)
             self._events.append(
-                MemberEvent(update.name, old, update.state, update.incarnation, local)
+                MemberEvent(update.name, old, update.state, update.incarnation, local, since)
             )
 
         # Start or stop the suspicion timer, and pass the news on.
@@ -737,11 +772,31 @@ class Swim:
             update = dataclasses.replace(update, source=source)
         self.broadcast(update)
 
+    def _date_back(self, known: Member, update: Update, now: float) -> None:
+        """Move a death earlier when another member has held it longer.
+
+        Members that miss each other's news declare a death on their own,
+        later than the first; taking the earliest moment heard keeps their
+        reporter turns together.
+        """
+        since = now - update.age
+        if since < known.since - DATE_BACK_MIN:
+            known.since = since
+            self._dated_back.append((known.name, known.incarnation, since))
+
+    def drain_dated_back(self) -> list[tuple[str, int, float]]:
+        """Return the deaths moved earlier since the last call: (name, incarnation, since)."""
+        dated, self._dated_back = self._dated_back, []
+        return dated
+
     def _add(self, update: Update, now: float) -> None:
         self._changed(update.name)
+        since = now - update.age if update.state is State.DEAD else now
         self.members[update.name] = Member(
-            update.name, update.address, update.incarnation, update.state, now
+            update.name, update.address, update.incarnation, update.state, since
         )
+        if update.state is State.DEAD:
+            self._dead.add(update.name)
         if update.state in _ACTIVE_STATES:
             self._set_active(update.name, True)
             # Insert at a random place of the round-robin order, as memberlist
@@ -812,6 +867,7 @@ class Swim:
 
     def tick(self, now: float) -> list[Outbound]:
         """Run every timer that is due at ``now``."""
+        self._now = now
         out: list[Outbound] = []
         if self.leaving:
             return out

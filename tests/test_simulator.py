@@ -376,3 +376,17 @@ def test_uncompressed_frame_size_exact(incarnation):
     body = msgpack.packb([encode_message(message)], use_bin_type=True)
     frame = 64 + len(msgpack.packb([VERSION, "m1", 1.7e9, 0, body], use_bin_type=True))
     assert simulation.frame_size("m1", message) == frame
+
+
+@pytest.mark.parametrize("age", [0.05, 0.2, 1.5, 100.0])
+def test_uncompressed_frame_size_exact_with_death_ages(age):
+    import msgpack
+
+    from mesh.wire import VERSION
+
+    simulation = Simulation(scenario(members=5, wire_bytes="uncompressed"))
+    table = tuple(Update(f"m{i}", f"10.0.0.{i}:7001", 4, State.DEAD, age=age) for i in range(50))
+    message = Sync(table, (), True)
+    body = msgpack.packb([encode_message(message)], use_bin_type=True)
+    frame = 64 + len(msgpack.packb([VERSION, "m1", 1.7e9, 0, body], use_bin_type=True))
+    assert simulation.frame_size("m1", message) == frame

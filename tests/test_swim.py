@@ -479,3 +479,43 @@ def test_dead_sender_told_in_ack():
     swim.handle("b", Gossip((Update("e", "e", 0, State.DEAD),)), 10.0)
     [ack] = swim.handle("e", Ping(1, "a"), 11.0)
     assert Update("e", "e", 0, State.DEAD) in ack.message.piggyback
+
+
+# ----------------------------------------------------------------------
+# The moment of a death, shared by its age
+
+
+def test_death_dated_back_by_its_age():
+    swim = make_swim()
+    swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD, age=2.5),)), 10.0)
+    assert swim.members["c"].since == 7.5
+    events = [e for e in swim.drain_events() if e.name == "c"]
+    assert [e.since for e in events] == [7.5]
+
+
+def test_death_sent_with_its_age_now():
+    swim = make_swim(others=("b",))
+    swim.handle("b", Gossip((Update("c", "c", 0, State.ALIVE),)), 0.0)
+    swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD, age=1.0),)), 4.0)
+    ages = [
+        item.age
+        for outbound in swim.tick(5.0)
+        for item in outbound.message.piggyback
+        if isinstance(item, Update) and item.name == "c"
+    ]
+    # Declared dead at 3.0, sent at 5.0.
+    assert ages
+    assert set(ages) == {2.0}
+
+
+def test_later_declaration_takes_the_earlier_moment():
+    swim = make_swim()
+    swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD),)), 10.0)
+    swim.drain_dated_back()
+    # d held the death 3 s longer than we did.
+    swim.handle("d", Gossip((Update("c", "c", 0, State.DEAD, age=3.0),)), 10.0)
+    assert swim.members["c"].since == 7.0
+    assert swim.drain_dated_back() == [("c", 0, 7.0)]
+    # Delivery delay alone moves nothing.
+    swim.handle("e", Gossip((Update("c", "c", 0, State.DEAD, age=3.01),)), 10.0)
+    assert swim.drain_dated_back() == []

@@ -110,7 +110,10 @@ def _update_size(update: Update) -> int:
     """Return the msgpack size of an update, as messages.encode_message packs it."""
     size = 1 + 1 + _str_size(update.name) + _str_size(update.address) + 1
     size += _header_size(update.incarnation, _UINT_SIZES)
-    if update.source:
+    age_ms = round(update.age * 1000)
+    if age_ms > 0:
+        size += _str_size(update.source) + _header_size(age_ms, _UINT_SIZES)
+    elif update.source:
         size += _str_size(update.source)
     return size
 

@@ -597,12 +597,13 @@ class Incidents:
 
         The group is ranked as one incident, so that the members reporting its
         parts do not each report the whole group. Members may see groups that
-        differ by a member or two, so the ranking is keyed by the incident of
-        the group's first subject by name, which such groups share, rather
-        than by the group's id.
+        differ by a member or two, the late deaths, so the ranking is keyed by
+        the group's first death, which such groups share, rather than by the
+        group's id. Members date a death alike (see Swim._date_back), so they
+        agree on which came first.
         """
         members = self._group_candidates(incident)
-        key = min(members, key=lambda m: m.subject).id
+        key = min(members, key=lambda m: (m.started, m.subject)).id
         current = self._rank(key, {m.subject for m in members})
         if current is None:
             return None

@@ -308,7 +308,9 @@ class Incidents:
             )
             if incident is not None:
                 incident.started = since
-        elif event.old is State.DEAD and event.new in (State.ALIVE, State.LEFT):
+        elif event.old is State.DEAD and event.new is not State.DEAD:
+            # Back at a higher incarnation: alive, left, or already suspected
+            # again by a member that probed it before the news arrived.
             incident = self.find_open(Kind.MEMBER_DOWN, event.name)
             if incident is not None:
                 eligible = [n for n in active if n != event.name]

@@ -271,8 +271,6 @@ class Swim:
         # Members declared dead (not left) within gossip_to_the_dead_time, with
         # the time each was declared dead; older ones are pruned by _gossip.
         self._recently_dead: dict[str, float] = {}
-        # Members held dead now, whose updates carry an age when sent.
-        self._dead: set[str] = set()
         # Deaths moved earlier by news from a member that held them longer.
         self._dated_back: list[tuple[str, int, float]] = []
         # The time of the call being handled, for the ages of deaths sent.
@@ -451,11 +449,15 @@ class Swim:
     def sync_message(
         self, records: tuple[Reported, ...], *, reply: bool, receiver: str | None = None
     ) -> Sync:
-        table = self._full_state()
-        if self._dead:
-            # Deaths are few; their ages change with time, so they are not cached.
-            table = tuple(self._aged(update) for update in table)
-        return Sync(table, records, reply, self._piggyback(receiver))
+        # The table is cached between changes, so its deaths carry no age. The
+        # recent ones, whose moment still decides reporter turns, ride along
+        # in the piggyback with their ages and are applied first.
+        deaths = tuple(
+            self._aged(Update(name, m.address, m.incarnation, State.DEAD))
+            for name in self._recently_dead
+            if (m := self.members[name]).state is State.DEAD
+        )
+        return Sync(self._full_state(), records, reply, self._piggyback(receiver) + deaths)
 
     def join(self, now: float, records: tuple[Reported, ...] = ()) -> list[Outbound]:
         """Return a push-pull sync to every seed; answers merge their tables.
@@ -755,10 +757,8 @@ class Swim:
             self._set_active(update.name, update.state in _ACTIVE_STATES)
             if update.state is State.DEAD:
                 self._recently_dead[update.name] = now
-                self._dead.add(update.name)
             else:
                 self._recently_dead.pop(update.name, None)
-                self._dead.discard(update.name)
             self._events.append(
                 MemberEvent(update.name, old, update.state, update.incarnation, local, since)
             )
@@ -795,8 +795,7 @@ class Swim:
         self.members[update.name] = Member(
             update.name, update.address, update.incarnation, update.state, since
         )
-        if update.state is State.DEAD:
-            self._dead.add(update.name)
+
         if update.state in _ACTIVE_STATES:
             self._set_active(update.name, True)
             # Insert at a random place of the round-robin order, as memberlist

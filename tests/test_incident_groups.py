@@ -109,3 +109,14 @@ def test_lone_report_waits_while_other_deaths_are_unreported():
     for t, incident in lone:
         rank = rank_members(incident, active).index("a")
         assert t >= 1.0 + rank * HANDOFF + HANDOFF / 2 - 0.05
+
+
+def test_member_back_as_suspect_resolves():
+    """A dead member that refuted and is suspected again at once is back all the same."""
+    names = ["a", "b", "c"]
+    table = incidents("a", names, group_wait=0.0)
+    down(table, "c", ["a", "b"], 1.0)
+    table.on_record(record(member_incident_id("c", 0), FIRING), 1.1)
+    event = MemberEvent("c", State.DEAD, State.SUSPECT, 1, local=False)
+    table.on_member_event(event, ["a", "b", "c"], 10.0)
+    assert table.get(member_incident_id("c", 0)).ended == 10.0

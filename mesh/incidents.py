@@ -571,8 +571,8 @@ class Incidents:
     def _yield_to_group(self, incident: Incident, rank: int, now: float) -> bool:
         """Postpone a lone report once while other members' deaths are unreported.
 
-        Members see deaths at slightly different times, so one may chain this
-        incident into a group while this member sees it alone. Both turns can
+        Members learn of deaths at slightly different times, so another member
+        may chain this incident into a group while this member has it alone. Both turns can
         come at once, and the subject is paged twice. Waiting one more hand-off
         delay lets the group's records arrive first; without other deaths
         pending, a lone death is reported without delay.
@@ -589,7 +589,7 @@ class Incidents:
         if not others:
             return False
         # Half a delay keeps this turn apart from the next rank's, which may
-        # not have yielded because its member sees no other death pending.
+        # not have yielded because its member knows of no other death pending.
         incident.yielded = True
         incident.due[FIRING] = (now + self.handoff_delay / 2, rank)
         return True

@@ -65,7 +65,7 @@ class Update:
     # count independent suspicions of one member (Lifeguard's confirmations);
     # empty otherwise. Sent only when set.
     source: str = ""
-    # For a death, seconds since the sender holds the member dead, as of the
+    # For a death, seconds since the sender marked the member dead, as of the
     # moment the message was built. Receivers date the death back by it, so
     # that every member counts reporter turns from the same moment without
     # comparing clocks. Sent in milliseconds, only when set.

@@ -185,8 +185,8 @@ class MemberEvent:
     # True when this agent raised the change itself (its own probe or timeout)
     # rather than learning it from another member.
     local: bool
-    # Monotonic time the new state began: for a death, dated back by the age
-    # the update carried, so every member holds about the same moment.
+    # Monotonic time the new state began. A death is dated back by the age
+    # its update carried, so members record about the same moment.
     since: float | None = None
 
 
@@ -775,9 +775,9 @@ class Swim:
     def _date_back(self, known: Member, update: Update, now: float) -> None:
         """Move a death earlier when another member has held it longer.
 
-        Members that miss each other's news declare a death on their own,
-        later than the first; taking the earliest moment heard keeps their
-        reporter turns together.
+        Members that miss each other's news declare a death on their own, later
+        than the first. Taking the earliest moment heard keeps their reporter
+        turns together.
         """
         since = now - update.age
         if since < known.since - DATE_BACK_MIN:

@@ -373,11 +373,15 @@ class Incidents:
         )
 
     def _reported_group_of(self, incident: Incident) -> Incident | None:
-        """Return the open, reported group that ``incident``'s subject was paged in."""
+        """Return the reported group that ``incident``'s subject was paged in.
+
+        That is an open group naming the subject, or a resolved one that
+        stood for this very incident.
+        """
         for group in self._incidents.values():
             if (
                 group.kind is Kind.GROUP
-                and group.ended is None
+                and (group.ended is None or incident.id in group.members)
                 and incident.subject in group.subject.split(",")
                 and self.is_reported(group.id, FIRING)
                 and self.is_reported(incident.id, FIRING)
@@ -393,7 +397,8 @@ class Incidents:
         signs a resolved record for each member's incident as well, so members
         that never learned of the group do not resolve them one by one.
         """
-        incident.ended = now
+        if incident.ended is None:
+            incident.ended = now
         incident.due.pop(FIRING, None)
         if incident.id not in group.members:
             group.members = (*group.members, incident.id)
@@ -444,6 +449,13 @@ class Incidents:
                         # them clear of the next rank's turn.
                         incident.spread.add(status)
                         incident.due[status] = (now + offset / 2, rank)
+                        continue
+                if incident.kind is Kind.MEMBER_DOWN and status == RESOLVED:
+                    # The group's record may have arrived after the member came
+                    # back: then the group resolves it, not a lone alarm.
+                    group = self._reported_group_of(incident)
+                    if group is not None:
+                        self._resolve_group_member(group, incident, now)
                         continue
                 decision = self._decide(incident, status)
                 if decision is Decision.REPORT_NOW and self._groupable(incident, status):

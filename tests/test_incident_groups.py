@@ -120,3 +120,22 @@ def test_member_back_as_suspect_resolves():
     event = MemberEvent("c", State.DEAD, State.SUSPECT, 1, local=False)
     table.on_member_event(event, ["a", "b", "c"], 10.0)
     assert table.get(member_incident_id("c", 0)).ended == 10.0
+
+
+def test_group_record_after_return_takes_over_resolution():
+    """The group's record can arrive after its member is back: the group resolves it."""
+    names = ["a", "b", "c", "d"]
+    group = "members-down/c,d@0"
+    table = incidents("a", names, group_wait=1.0)
+    down(table, "c", ["a", "b", "d"], 1.0)
+    down(table, "d", ["a", "b"], 1.0)
+    for incident in (member_incident_id("c", 0), member_incident_id("d", 0)):
+        table.on_record(record(incident, FIRING), 1.1)
+    back(table, "c", ["a", "b", "c"], 10.0)
+    back(table, "d", ["a", "b", "c", "d"], 10.0)
+    # Before the lone resolutions' turns, the group's own record arrives.
+    table.on_record(record(group, FIRING), 10.5)
+
+    reports = [r for _, r in run(table, 30.0) if r.status == RESOLVED]
+    assert [r.incident for r in reports] == [group]
+    assert sorted(reports[0].members) == [member_incident_id("c", 0), member_incident_id("d", 0)]

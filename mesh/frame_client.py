@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Self
 
 import h11
 import trio
@@ -46,7 +47,7 @@ class PeerUnreachable(PeerError):
 class FrameResponse:
     """A peer's response: the HTTP status and the whole body."""
 
-    __slots__ = ("status_code", "content")
+    __slots__ = ("content", "status_code")
 
     def __init__(self, status_code: int, content: bytes) -> None:
         self.status_code = status_code
@@ -58,7 +59,7 @@ class FrameResponse:
 
 
 class _Connection:
-    __slots__ = ("stream", "h11", "idle_since")
+    __slots__ = ("h11", "idle_since", "stream")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -105,7 +106,7 @@ class FrameClient:
         # Idle connections by (host, port), most recently used last.
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
 
-    async def __aenter__(self) -> FrameClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

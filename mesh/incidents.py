@@ -584,10 +584,10 @@ class Incidents:
         """Postpone a lone report once while other members' deaths are unreported.
 
         Members learn of deaths at slightly different times, so another member
-        may chain this incident into a group while this member has it alone. Both turns can
-        come at once, and the subject is paged twice. Waiting one more hand-off
-        delay lets the group's records arrive first; without other deaths
-        pending, a lone death is reported without delay.
+        may chain this incident into a group while this member has it alone.
+        Both turns can come at once, and the subject is paged twice. Waiting
+        half a hand-off delay more lets the group's records arrive first.
+        Without other deaths pending, a lone death is reported without delay.
         """
         if incident.yielded:
             return False

@@ -273,6 +273,9 @@ class Swim:
         self._recently_dead: dict[str, float] = {}
         # Deaths moved earlier by news from a member that held them longer.
         self._dated_back: list[tuple[str, int, float]] = []
+        # When this member began to doubt each member it holds dead (its
+        # suspicion, or the death itself): deaths are dated back no earlier.
+        self._doubted: dict[str, float] = {}
         # The time of the call being handled, for the ages of deaths sent.
         self._now = now
         # Sequence numbers of pings, ping-reqs and forwarded pings.
@@ -752,7 +755,15 @@ class Swim:
         if update.state is State.ALIVE:
             known.address = update.address
         if update.state is not old:
-            since = now - update.age if update.state is State.DEAD else now
+            since = now
+            if update.state is State.DEAD:
+                # Dated back by the update's age, but not before this member
+                # itself began to doubt the member. A member held alive until
+                # now (the other side of a healed partition hearing an old
+                # death) counts from now, which leaves it time to refute.
+                doubt = known.since if old is State.SUSPECT else now
+                self._doubted[update.name] = doubt
+                since = max(now - update.age, doubt)
             known.state, known.since = update.state, since
             self._set_active(update.name, update.state in _ACTIVE_STATES)
             if update.state is State.DEAD:
@@ -779,7 +790,7 @@ class Swim:
         than the first. Taking the earliest moment heard keeps their reporter
         turns together.
         """
-        since = now - update.age
+        since = max(now - update.age, self._doubted.get(known.name, known.since))
         if since < known.since - DATE_BACK_MIN:
             known.since = since
             self._dated_back.append((known.name, known.incarnation, since))

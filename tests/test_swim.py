@@ -485,23 +485,43 @@ def test_dead_sender_told_in_ack():
 # The moment of a death, shared by its age
 
 
+def gossip_suspicion(swim, name, now):
+    swim.handle("b", Gossip((Update(name, name, 0, State.SUSPECT, "b"),)), now)
+
+
 def test_death_dated_back_by_its_age():
     swim = make_swim()
+    gossip_suspicion(swim, "c", 5.0)
     swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD, age=2.5),)), 10.0)
     assert swim.members["c"].since == 7.5
-    events = [e for e in swim.drain_events() if e.name == "c"]
+    events = [e for e in swim.drain_events() if e.name == "c" and e.new is State.DEAD]
     assert [e.since for e in events] == [7.5]
+
+
+def test_death_dated_back_no_earlier_than_own_doubt():
+    swim = make_swim()
+    gossip_suspicion(swim, "c", 9.0)
+    swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD, age=2.5),)), 10.0)
+    assert swim.members["c"].since == 9.0
+
+
+def test_old_death_of_member_held_alive_counts_from_now():
+    """The other side of a healed partition hears an old death: time to refute."""
+    swim = make_swim()
+    swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD, age=100.0),)), 10.0)
+    assert swim.members["c"].since == 10.0
 
 
 def test_death_sent_with_its_age_now():
     swim = make_swim(others=("b",))
     swim.handle("b", Gossip((Update("c", "c", 0, State.ALIVE),)), 0.0)
+    gossip_suspicion(swim, "c", 1.0)
     swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD, age=1.0),)), 4.0)
     ages = [
         item.age
         for outbound in swim.tick(5.0)
         for item in outbound.message.piggyback
-        if isinstance(item, Update) and item.name == "c"
+        if isinstance(item, Update) and item.name == "c" and item.state is State.DEAD
     ]
     # Declared dead at 3.0, sent at 5.0.
     assert ages
@@ -510,6 +530,7 @@ def test_death_sent_with_its_age_now():
 
 def test_later_declaration_takes_the_earlier_moment():
     swim = make_swim()
+    gossip_suspicion(swim, "c", 5.0)
     swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD),)), 10.0)
     swim.drain_dated_back()
     # d held the death 3 s longer than we did.
@@ -519,3 +540,6 @@ def test_later_declaration_takes_the_earlier_moment():
     # Delivery delay alone moves nothing.
     swim.handle("e", Gossip((Update("c", "c", 0, State.DEAD, age=3.01),)), 10.0)
     assert swim.drain_dated_back() == []
+    # Nor does a moment before this member's own doubt.
+    swim.handle("e", Gossip((Update("c", "c", 0, State.DEAD, age=9.0),)), 10.0)
+    assert swim.members["c"].since == 5.0

@@ -27,9 +27,9 @@ alarm reported at or after ``at``, at one point of its send path:
 ``before_write`` (before the alarm is in its outbox), ``before_record``
 (before the signed ``reported`` record leaves) or ``before_delivery`` (before
 the outbox delivers). The member restarts ``for`` seconds later (never when
-``for`` is 0 or missing), with its outbox and stored records. Unlike the
-agent, the simulator groups member-down alarms only when ``timing`` sets
-``group_wait``, so that each member down counts as one alarm by default.
+``for`` is 0 or missing), with its outbox and stored records. Member-down
+alarms are grouped as the agent groups them, by the profile's ``group_wait``
+and ``group_share``; ``timing: {group_wait: 0}`` turns grouping off.
 
 Members are selected by name (``m7``), by index range (``m0-m49``), by a
 seeded random choice (``random:3``) or as ``all``. Latency distributions are
@@ -345,11 +345,10 @@ def _parse_swim(raw: Mapping[str, Any]) -> tuple[str, SwimConfig, dict[str, floa
         raise ConfigError(f"timing: invalid value {timing!r}, expected a mapping")
     fields = {f.name: f.type for f in dataclasses.fields(SwimConfig)}
     changes: dict[str, Any] = {}
-    # Grouping is off unless set, unlike in the agent (see the module docstring).
     profile_values = {
         "handoff_delay": profile.handoff_delay,
-        "group_wait": 0.0,
-        "group_share": 1.0,
+        "group_wait": profile.group_wait,
+        "group_share": profile.group_share,
     }
     for key, value in timing.items():
         if key == "group_share":

@@ -109,6 +109,8 @@ class AlarmBuilder:
                 severity = Severity(spec.severity.value) if spec is not None else Severity.CRITICAL
                 shared = report.kind is Kind.SHARED_CHECK
                 cluster = "shared" if shared else self.cluster
-                summary = f"check {report.subject} failing: {report.detail}"
+                # A resolved alarm's detail is the last result, which passed.
+                state = "passing again" if report.status == "resolved" else "failing"
+                summary = f"check {report.subject} {state}: {report.detail}"
                 return subject, cluster, severity, summary
         raise ValueError(f"unknown incident kind {report.kind!r}")  # pragma: no cover

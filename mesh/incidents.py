@@ -243,6 +243,26 @@ class Incidents:
         self._schedule(incident, FIRING, eligible, (now if start is None else start) + hold)
         return incident
 
+    def rekey(
+        self, incident: Incident, incident_id: str, eligible: Iterable[str], start: float
+    ) -> None:
+        """Give an unreported incident the id that more facts now point to.
+
+        Members derive a shared check's id from the verdicts they have; one
+        that reached a quorum before every verdict arrived may have taken a
+        different moment than the others. Until anyone reports it, the id
+        follows the verdicts, and the turns are counted again from ``start``.
+        """
+        if incident.id == incident_id or incident_id in self._incidents:
+            return
+        if self.is_reported(incident.id, FIRING) or incident.ended is not None:
+            return
+        del self._incidents[incident.id]
+        incident.id = incident_id
+        self._incidents[incident_id] = incident
+        incident.due.pop(FIRING, None)
+        self._schedule(incident, FIRING, sorted(set(eligible)), start)
+
     def resolve(
         self,
         incident: Incident,

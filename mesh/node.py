@@ -292,6 +292,14 @@ class Node:
                 hold=2 * spec.interval,
                 start=self._monotonic(verdict.started, now),
             )
+        elif verdict.reached and incident is not None:
+            # Verdicts that arrived since may move the moment the quorum
+            # formed, and with it the id every member will agree on.
+            prefix = f"check/{spec.name}@"
+            canonical = f"{prefix}{verdict.started:.0f}"
+            if self._unresolved_reported(prefix) is None:
+                start = self._monotonic(verdict.started, now) + 2 * spec.interval
+                self.incidents.rekey(incident, canonical, runners, start)
         elif not verdict.reached and incident is not None:
             start = self._monotonic(verdict.ended, now)
             self.incidents.resolve(incident, runners, now, start=start)

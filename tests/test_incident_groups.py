@@ -139,3 +139,23 @@ def test_group_record_after_return_takes_over_resolution():
     reports = [r for _, r in run(table, 30.0) if r.status == RESOLVED]
     assert [r.incident for r in reports] == [group]
     assert sorted(reports[0].members) == [member_incident_id("c", 0), member_incident_id("d", 0)]
+
+
+def test_unreported_shared_check_takes_the_id_later_verdicts_give():
+    table = incidents("a", ["a", "b", "c"])
+    incident = table.open("check/web@1000", Kind.SHARED_CHECK, "web", ["a", "b", "c"], 1.0, hold=2.0)
+    # A verdict that arrived later moves the quorum's moment, and the id with it.
+    table.rekey(incident, "check/web@900", ["a", "b", "c"], start=2.5)
+    assert table.get("check/web@1000") is None
+    assert table.get("check/web@900") is incident
+    ranking = rank_members("check/web@900", ["a", "b", "c"])
+    reports = [(t, r.incident) for t, r in run(table, 20.0)]
+    assert reports == [(2.5 + ranking.index("a") * HANDOFF, "check/web@900")]
+
+
+def test_reported_shared_check_keeps_its_id():
+    table = incidents("a", ["a", "b", "c"])
+    incident = table.open("check/web@1000", Kind.SHARED_CHECK, "web", ["a", "b", "c"], 1.0)
+    table.on_record(record("check/web@1000", FIRING), 1.5)
+    table.rekey(incident, "check/web@900", ["a", "b", "c"], start=2.5)
+    assert table.get("check/web@1000") is incident

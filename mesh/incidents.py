@@ -248,10 +248,11 @@ class Incidents:
     ) -> None:
         """Give an unreported incident the id that more facts now point to.
 
-        Members derive a shared check's id from the verdicts they have; one
+        Members derive a shared check's id from the verdicts they have. One
         that reached a quorum before every verdict arrived may have taken a
-        different moment than the others. Until anyone reports it, the id
-        follows the verdicts, and the turns are counted again from ``start``.
+        different moment than the others, so until anyone reports the
+        incident, its id follows the verdicts and its turns count from
+        ``start`` again.
         """
         if incident.id == incident_id or incident_id in self._incidents:
             return
@@ -621,7 +622,7 @@ class Incidents:
         if not others:
             return False
         # Half a delay keeps this turn apart from the next rank's, which may
-        # not have yielded because its member knows of no other death pending.
+        # not have yielded, because its member has no other death pending.
         incident.yielded = True
         incident.due[FIRING] = (now + self.handoff_delay / 2, rank)
         return True

@@ -273,8 +273,8 @@ class Swim:
         self._recently_dead: dict[str, float] = {}
         # Deaths moved earlier by news from a member that held them longer.
         self._dated_back: list[tuple[str, int, float]] = []
-        # When this member began to doubt each member it holds dead (its
-        # suspicion, or the death itself): deaths are dated back no earlier.
+        # When this member began to doubt each member it marked dead (its
+        # suspicion, or the death itself). Deaths are dated back no earlier.
         self._doubted: dict[str, float] = {}
         # The time of the call being handled, for the ages of deaths sent.
         self._now = now

@@ -141,7 +141,7 @@ def test_group_record_after_return_takes_over_resolution():
     assert sorted(reports[0].members) == [member_incident_id("c", 0), member_incident_id("d", 0)]
 
 
-def test_unreported_shared_check_takes_the_id_later_verdicts_give():
+def test_unreported_shared_check_rekeyed():
     table = incidents("a", ["a", "b", "c"])
     incident = table.open("check/web@1000", Kind.SHARED_CHECK, "web", ["a", "b", "c"], 1.0, hold=2.0)
     # A verdict that arrived later moves the quorum's moment, and the id with it.
@@ -153,7 +153,7 @@ def test_unreported_shared_check_takes_the_id_later_verdicts_give():
     assert reports == [(2.5 + ranking.index("a") * HANDOFF, "check/web@900")]
 
 
-def test_reported_shared_check_keeps_its_id():
+def test_reported_shared_check_keeps_id():
     table = incidents("a", ["a", "b", "c"])
     incident = table.open("check/web@1000", Kind.SHARED_CHECK, "web", ["a", "b", "c"], 1.0)
     table.on_record(record("check/web@1000", FIRING), 1.5)

@@ -123,9 +123,10 @@ class FrameClient:
     ) -> FrameResponse:
         """POST ``body`` to ``http://{address}{path}`` and return the response.
 
-        The caller bounds the whole exchange with its own cancel scope;
+        The caller bounds the whole exchange with its own cancel scope.
         ``connect_timeout`` bounds only the TCP connect, so that a peer that
-        does not accept is told apart from one that accepts and answers late.
+        does not accept a connection is distinguished from one that accepts
+        and responds late.
 
         Raises:
             PeerTimeout: the connect took longer than ``connect_timeout``.

@@ -146,6 +146,12 @@ def group_subjects(group_id: str) -> list[str]:
     return names.split(",")
 
 
+def group_observers(parts: Iterable[Incident], subjects: Iterable[str]) -> tuple[str, ...]:
+    """Return the observers of a group's member incidents, its subjects excluded."""
+    observers = {o for part in parts for o in part.observers}
+    return tuple(sorted(observers - set(subjects)))
+
+
 class Incidents:
     """The incidents this member knows and the records of who reported them."""
 
@@ -387,10 +393,9 @@ class Incidents:
             i for i in self._incidents.values()
             if i.kind is Kind.MEMBER_DOWN and i.subject in subjects
         ]
-        observers = sorted({o for i in parts for o in i.observers} - set(subjects))
         started = min((i.started for i in parts), default=now)
         self._incidents[group_id] = Incident(
-            group_id, Kind.GROUP, ",".join(subjects), tuple(observers), started
+            group_id, Kind.GROUP, ",".join(subjects), group_observers(parts, subjects), started
         )
 
     def _reported_group_of(self, incident: Incident) -> Incident | None:
@@ -674,7 +679,7 @@ class Incidents:
             self._group_id(members),
             Kind.GROUP,
             ",".join(subjects),
-            tuple(sorted({o for m in members for o in m.observers} - set(subjects))),
+            group_observers(members, subjects),
             min(m.started for m in members),
             detail=(
                 f"{len(subjects)} of {self._mesh_size + len(subjects)} members went down "

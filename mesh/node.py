@@ -10,6 +10,7 @@ takes the time.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -190,8 +191,7 @@ class Node:
             for n in targets
         ]
         resend_at = now + RECORD_RESEND_SHARE * self.incidents.handoff_delay
-        self._record_resends.append((resend_at, direct))
-        self._record_resends.sort(key=lambda entry: entry[0])
+        bisect.insort(self._record_resends, (resend_at, direct), key=lambda entry: entry[0])
         return direct
 
     def restore_records(self, records: Iterable[Reported], now: float) -> None:

@@ -505,7 +505,7 @@ def test_death_dated_back_no_earlier_than_own_doubt():
     assert swim.members["c"].since == 9.0
 
 
-def test_old_death_of_member_held_alive_counts_from_now():
+def test_old_death_of_alive_member_not_dated_back():
     """The other side of a healed partition hears an old death: time to refute."""
     swim = make_swim()
     swim.handle("b", Gossip((Update("c", "c", 0, State.DEAD, age=100.0),)), 10.0)
